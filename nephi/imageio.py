@@ -1,0 +1,153 @@
+"""Reading and writing images, masks and point sets, with the checks users need.
+
+Images are NIfTI (``.nii`` or ``.nii.gz``), 2-D or 3-D (a trailing singleton axis is dropped).
+Point sets are CSV files with a header ``x,y,z`` (2-D: ``x,y``) in RAS millimetres.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+import zlib
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+
+from .errors import NephiInputError
+from .geometry import Grid, nifti_affine, spatial_affine
+
+
+@dataclass
+class Image:
+    """An image: ``data`` float32 numpy array of shape ``grid.shape`` and its ``grid``."""
+
+    data: np.ndarray
+    grid: Grid
+    path: str = ""
+    dtype: np.dtype = np.dtype(np.float32)
+
+    @property
+    def ndim(self) -> int:
+        return self.grid.ndim
+
+
+def _squeeze_trailing(shape: tuple) -> tuple:
+    shape = list(shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape.pop()
+    return tuple(shape)
+
+
+def load_image(path: str, what: str = "image", allow_nonfinite: bool = False) -> Image:
+    """Load a 2-D or 3-D NIfTI; raise NephiInputError naming ``path`` on any problem."""
+    label = f"{what} {path}"
+    if not os.path.exists(path):
+        raise NephiInputError(f"{label}: file not found")
+    if os.path.isdir(path):
+        raise NephiInputError(f"{label}: is a folder, expected a NIfTI file")
+    try:
+        img = nib.load(path)
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error,
+            gzip.BadGzipFile) as exc:
+        raise NephiInputError(f"{label}: not a readable NIfTI file ({_short(exc)})") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise NephiInputError(f"{label}: not a NIfTI image ({type(img).__name__})")
+    shape = _squeeze_trailing(img.shape)
+    if len(shape) not in (2, 3):
+        raise NephiInputError(
+            f"{label}: has shape {tuple(img.shape)}; nephi registers 2-D or 3-D images, not "
+            f"{len(shape)}-D")
+    if min(shape) < 2:
+        raise NephiInputError(f"{label}: has shape {tuple(img.shape)}; each axis needs >= 2 voxels")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
+        raise NephiInputError(f"{label}: data cannot be read, file truncated or corrupt "
+                              f"({_short(exc)})") from None
+    source_dtype = data.dtype
+    data = np.asarray(data, dtype=np.float32).reshape(shape)
+    if not allow_nonfinite:
+        bad = ~np.isfinite(data)
+        if bad.any():
+            raise NephiInputError(f"{label}: contains {int(bad.sum())} NaN or infinite voxels")
+    affine = img.affine
+    if affine is None or not np.all(np.isfinite(affine)):
+        raise NephiInputError(f"{label}: header affine is missing or not finite")
+    try:
+        grid = Grid(shape, spatial_affine(affine, len(shape)))
+    except ValueError as exc:
+        raise NephiInputError(f"{label}: invalid geometry ({exc})") from None
+    return Image(data=data, grid=grid, path=path, dtype=source_dtype)
+
+
+def load_mask(path: str, grid: Grid, what: str = "mask") -> np.ndarray:
+    """Load a binary mask that must lie on ``grid``; returns a bool array of ``grid.shape``."""
+    mask = load_image(path, what=what)
+    label = f"{what} {path}"
+    if mask.grid.shape != grid.shape:
+        raise NephiInputError(f"{label}: shape {mask.grid.shape} differs from the fixed image's "
+                              f"{grid.shape}")
+    if not np.allclose(mask.grid.affine, grid.affine, atol=1e-3):
+        raise NephiInputError(f"{label}: its affine differs from the fixed image's")
+    out = mask.data > 0.5
+    if not out.any():
+        raise NephiInputError(f"{label}: no voxel is set")
+    return out
+
+
+def save_image(path: str, data: np.ndarray, grid: Grid, dtype=np.float32, intent=None) -> None:
+    """Write ``data`` (grid.shape + optional trailing axes) as NIfTI with the grid's affine."""
+    arr = np.asarray(data).astype(dtype, copy=False)
+    img = nib.Nifti1Image(arr, grid.nifti_affine)
+    img.header.set_qform(grid.nifti_affine, code=1)
+    img.header.set_sform(grid.nifti_affine, code=1)
+    if intent is not None:
+        img.header.set_intent(intent)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, path)
+
+
+def load_points(path: str, ndim: int, what: str = "points") -> np.ndarray:
+    """Read a CSV point set (header x,y[,z], RAS mm) -> float64 array (N, ndim)."""
+    label = f"{what} {path}"
+    if not os.path.exists(path):
+        raise NephiInputError(f"{label}: file not found")
+    names = ["x", "y", "z"][:ndim]
+    rows = []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or any(n not in reader.fieldnames for n in names):
+            raise NephiInputError(f"{label}: needs a header with columns {','.join(names)}")
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows.append([float(row[n]) for n in names])
+            except (TypeError, ValueError):
+                raise NephiInputError(f"{label}: line {line} is not numeric") from None
+    pts = np.asarray(rows, dtype=np.float64).reshape(-1, ndim)
+    if len(pts) == 0:
+        raise NephiInputError(f"{label}: holds no point")
+    if not np.all(np.isfinite(pts)):
+        raise NephiInputError(f"{label}: holds non-finite coordinates")
+    return pts
+
+
+def save_points(path: str, points: np.ndarray) -> None:
+    """Write points (N, d) in RAS mm as CSV with header x,y[,z]."""
+    points = np.asarray(points, dtype=np.float64)
+    names = ["x", "y", "z"][: points.shape[1]]
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(names)
+        for p in points:
+            writer.writerow([f"{v:.4f}" for v in p])
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
+
+
+__all__ = ["Image", "load_image", "load_mask", "save_image", "load_points", "save_points",
+           "nifti_affine"]

@@ -1,0 +1,148 @@
+"""NePhi field networks: modulated periodic MLPs conditioned on a hybrid latent code.
+
+phi(x) = x + u(x, z(x)), with z(x) = [z_g, z_l(x)] (paper eq. 6): z_g a global vector of C
+channels, z_l a C-channel grid (16^d by default) over the frame [-1, 1]^d interpolated at x.
+
+``u`` is a modulated SIREN (Mehta et al. 2021, NePhi appendix A.1): a *synthesis* MLP on
+Fourier-feature embedded coordinates with sine activations; each layer's activation is
+multiplied by the output of a *modulation* MLP (ReLU) fed with the latent code. The output layer
+starts at zero, so every map starts as the identity.
+
+Shapes: points (B, N, d) in frame coordinates; latent z_g (B, C), z_l (B, C, *G).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .sampling import interpolate_linear
+
+
+@dataclass
+class FieldConfig:
+    """Hyper-parameters of one field network (both directions share them)."""
+
+    ndim: int = 3
+    latent_channels: int = 32
+    latent_grid: int = 16
+    hidden: int = 512
+    layers: int = 2
+    fourier_features: int = 128
+    fourier_scale: float = 2.0
+    omega0: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Latent:
+    """Latent codes of a batch: ``global_`` (B, C) and ``local`` (B, C, *G)."""
+
+    global_: torch.Tensor
+    local: torch.Tensor
+
+    def at(self, points: torch.Tensor) -> torch.Tensor:
+        """z(x) = [z_g, z_l(x)] at points (B, N, d) -> (B, N, 2C)."""
+        zl = interpolate_linear(self.local, points)
+        zg = self.global_.unsqueeze(1).expand(-1, points.shape[1], -1)
+        return torch.cat([zg, zl], dim=-1)
+
+    def detach_clone(self) -> "Latent":
+        return Latent(self.global_.detach().clone(), self.local.detach().clone())
+
+    @staticmethod
+    def random(batch: int, cfg: FieldConfig, sigma: float, generator=None, device=None) -> "Latent":
+        """Draw z ~ N(0, sigma^2) (paper section 4.2)."""
+        g = torch.randn(batch, cfg.latent_channels, generator=generator) * sigma
+        loc = torch.randn(batch, cfg.latent_channels, *([cfg.latent_grid] * cfg.ndim),
+                          generator=generator) * sigma
+        return Latent(g.to(device), loc.to(device))
+
+
+class FourierFeatures(nn.Module):
+    """gamma(x) = [x, sin(2 pi B x), cos(2 pi B x)] with B ~ N(0, scale^2) fixed, (..., d) -> (..., d + 2F)."""
+
+    def __init__(self, ndim: int, count: int, scale: float, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", torch.randn(count, ndim, generator=gen) * scale)
+        self.out_features = ndim + 2 * count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        proj = 2.0 * math.pi * (x @ self.freqs.T)
+        return torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=-1)
+
+
+class ModulatedSiren(nn.Module):
+    """u(x, z): displacement (B, N, d) in frame units from points (B, N, d) and codes (B, N, L)."""
+
+    def __init__(self, cfg: FieldConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = FourierFeatures(cfg.ndim, cfg.fourier_features, cfg.fourier_scale, seed)
+        latent_dim = 2 * cfg.latent_channels
+        self.synthesis = nn.ModuleList()
+        self.modulation = nn.ModuleList()
+        in_syn = self.embed.out_features
+        for layer in range(cfg.layers):
+            self.synthesis.append(nn.Linear(in_syn, cfg.hidden))
+            in_mod = latent_dim if layer == 0 else cfg.hidden + latent_dim
+            self.modulation.append(nn.Linear(in_mod, cfg.hidden))
+            in_syn = cfg.hidden
+        self.out = nn.Linear(cfg.hidden, cfg.ndim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        w0 = self.cfg.omega0
+        with torch.no_grad():
+            for layer in self.synthesis:
+                bound = math.sqrt(6.0 / layer.in_features) / w0
+                layer.weight.uniform_(-bound, bound)
+                layer.bias.uniform_(-math.pi / 2, math.pi / 2)
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        g = None
+        for syn, mod in zip(self.synthesis, self.modulation):
+            g = torch.relu(mod(z if g is None else torch.cat([g, z], dim=-1)))
+            h = g * torch.sin(self.cfg.omega0 * syn(h))
+        return self.out(h)
+
+
+class NephiFields(nn.Module):
+    """The forward and backward field networks of NePhi (separate weights, shared latent code).
+
+    ``phi_ab`` maps FIXED-frame points to MOVING points (the warped moving image is
+    I_A(phi_ab(x))); ``phi_ba`` maps MOVING points to FIXED points. All in frame coordinates.
+    """
+
+    def __init__(self, cfg: FieldConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.forward_net = ModulatedSiren(cfg, seed=seed)
+        self.backward_net = ModulatedSiren(cfg, seed=seed + 1)
+
+    def phi_ab(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
+        return x + self.forward_net(x, latent.at(x))
+
+    def phi_ba(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
+        return x + self.backward_net(x, latent.at(x))
+
+    def forward(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
+        return self.phi_ab(x, latent)
+
+
+def field_config_from_dict(d: dict) -> FieldConfig:
+    known = set(FieldConfig.__dataclass_fields__)
+    return FieldConfig(**{k: v for k, v in d.items() if k in known})
+
+
+__all__ = ["FieldConfig", "Latent", "FourierFeatures", "ModulatedSiren", "NephiFields",
+           "field_config_from_dict"]
