@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from nephi.cli import run_cli
+from nephi.errors import NephiInputError
 from nephi.config import load_defaults, merge, parse_override, read_yaml, set_dotted
 
 
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args) -> dict:
     cfg = load_defaults("pairwise")
     if args.config:
-        cfg = merge(cfg, read_yaml(args.config), source=f"config {args.config}")
+        cfg = merge(cfg, _read_config(args.config), source=f"config {args.config}")
     for text in args.set:
         key, value = parse_override(text)
         cfg = set_dotted(cfg, key, value, source=f"--set {text}")
@@ -57,15 +59,77 @@ def resolve_config(args) -> dict:
     return cfg
 
 
+def _read_config(path: str) -> dict:
+    """read_yaml, with unreadable files (binary, no permission) as one-line input errors."""
+    try:
+        return read_yaml(path)
+    except UnicodeDecodeError:
+        raise NephiInputError(f"config {path}: not a text (UTF-8) YAML file") from None
+    except OSError as exc:
+        raise NephiInputError(f"config {path}: cannot be read ({exc.strerror or exc})") from None
+
+
+OPTION_KEYS = {"optim.steps": "io_steps", "optim.points": "points",
+               "optim.reg_points": "reg_points", "optim.lr": "lr"}
+
+
+def _option_name(args, key: str) -> str:
+    """The option a config value came from: ``--io-steps`` if given, else the config key."""
+    attr = OPTION_KEYS.get(key)
+    if attr is not None and getattr(args, attr, None) is not None:
+        return "--" + attr.replace("_", "-")
+    return f"config key {key}"
+
+
+def check_options(args, cfg: dict) -> None:
+    """Checks on the resolved config beyond validate_config, done before any file is read.
+
+    Every number must be finite; --io-steps must be >= 1. Zero steps (no instance optimization)
+    is only meaningful when a trained checkpoint supplies a prediction, so it is accepted only
+    together with ``--checkpoint``; without one it would return the identity map.
+    """
+
+    def walk(node, prefix=""):
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(value, dotted + ".")
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise NephiInputError(f"{_option_name(args, dotted)}: must be a finite number, "
+                                      f"got {value!r}")
+            elif isinstance(value, list):
+                for item in value:
+                    if isinstance(item, float) and not math.isfinite(item):
+                        raise NephiInputError(f"config key {dotted}: must hold finite numbers, "
+                                              f"got {value!r}")
+
+    walk(cfg)
+    steps = cfg["optim"]["steps"]
+    minimum = 0 if getattr(args, "checkpoint", None) else 1
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < minimum:
+        why = (" (0 steps would skip optimization and return the identity map)"
+               if steps == 0 and minimum == 1 else "")
+        raise NephiInputError(f"{_option_name(args, 'optim.steps')}: must be an integer >= "
+                              f"{minimum}, got {steps!r}{why}")
+    for key in ("optim.points", "optim.reg_points", "optim.lr"):
+        section, name = key.split(".")
+        value = cfg[section][name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise NephiInputError(f"{_option_name(args, key)}: must be positive, got {value!r}")
+
+
 def _run(argv) -> int:
     from nephi.register import LoadedPair, register
 
     args = build_parser().parse_args(argv)
     cfg = resolve_config(args)
-    from nephi.register import validate_config
+    from nephi.register import select_device, validate_config
     from nephi.outputs import check_output_dir
 
+    # Every check that needs no image comes first; nothing is created before register() writes.
+    check_options(args, cfg)
     validate_config(cfg)
+    select_device(cfg["device"])
     check_output_dir(args.out)
     moving, fixed = args.pair
     pair = LoadedPair(moving, fixed, args.mask, args.landmarks, args.moving_landmarks)

@@ -9,21 +9,37 @@ from typing import Callable
 from .errors import EXIT_INPUT_ERROR, NephiInputError
 
 
+def one_line(text) -> str:
+    """``text`` with line breaks folded into spaces, so an error stays on one stderr line."""
+    return " ".join(str(text).split("\n")).replace("\r", " ").strip()
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (``prog: error: ...``), exit status 2."""
 
     def error(self, message: str):
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {one_line(message)}\n")
         sys.exit(EXIT_INPUT_ERROR)
 
 
 def run_cli(prog: str, fn: Callable[[list], int], argv: list) -> int:
-    """Run ``fn(argv)``; input errors and Ctrl-C become one line on stderr and a non-zero status."""
+    """Run ``fn(argv)`` and return its exit status.
+
+    Input errors become one line on stderr and status 2; Ctrl-C one line and status 130;
+    argparse's exits (usage errors, --help) their status, returned rather than raised.
+    """
     try:
         return fn(argv)
     except NephiInputError as exc:
-        sys.stderr.write(f"{prog}: error: {exc}\n")
+        sys.stderr.write(f"{prog}: error: {one_line(exc)}\n")
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         sys.stderr.write(f"{prog}: interrupted, nothing written\n")
         return 130
+    except SystemExit as exc:
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        sys.stderr.write(f"{prog}: error: {one_line(exc.code)}\n")
+        return 1

@@ -7,9 +7,8 @@ Point sets are CSV files with a header ``x,y,z`` (2-D: ``x,y``) in RAS millimetr
 from __future__ import annotations
 
 import csv
-import gzip
+import logging
 import os
-import zlib
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -40,39 +39,94 @@ def _squeeze_trailing(shape: tuple) -> tuple:
     return tuple(shape)
 
 
+class _NibabelMessages(logging.Handler):
+    """Collects what nibabel logs while a file is read (header fixes it made, problems it saw).
+
+    nibabel writes such messages straight to stderr through its own handler; a failed load must
+    print one line only, so they are held back and replayed after a successful load.
+    """
+
+    def __init__(self):
+        super().__init__(level=logging.NOTSET)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def __enter__(self):
+        self._logger = nib.imageglobals.logger
+        self._saved = (self._logger.handlers[:], self._logger.propagate)
+        self._logger.handlers = [self]
+        self._logger.propagate = False
+        return self
+
+    def __exit__(self, *exc):
+        self._logger.handlers, self._logger.propagate = self._saved
+        return False
+
+    def replay(self):
+        for record in self.records:
+            self._logger.handle(record)
+
+
 def load_image(path: str, what: str = "image", allow_nonfinite: bool = False) -> Image:
-    """Load a 2-D or 3-D NIfTI; raise NephiInputError naming ``path`` on any problem."""
+    """Load a 2-D or 3-D NIfTI; raise NephiInputError naming ``path`` on any problem.
+
+    Anything that goes wrong while parsing or reading the file (missing, a folder, not NIfTI,
+    corrupt header, truncated or corrupt data, unsupported voxel type) becomes one
+    NephiInputError whose message names the file and the problem.
+    """
     label = f"{what} {path}"
+    if not path:
+        raise NephiInputError(f"{what}: empty file name")
     if not os.path.exists(path):
         raise NephiInputError(f"{label}: file not found")
     if os.path.isdir(path):
         raise NephiInputError(f"{label}: is a folder, expected a NIfTI file")
-    try:
-        img = nib.load(path)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error,
-            gzip.BadGzipFile) as exc:
-        raise NephiInputError(f"{label}: not a readable NIfTI file ({_short(exc)})") from None
-    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise NephiInputError(f"{label}: not a NIfTI image ({type(img).__name__})")
-    shape = _squeeze_trailing(img.shape)
-    if len(shape) not in (2, 3):
-        raise NephiInputError(
-            f"{label}: has shape {tuple(img.shape)}; nephi registers 2-D or 3-D images, not "
-            f"{len(shape)}-D")
-    if min(shape) < 2:
-        raise NephiInputError(f"{label}: has shape {tuple(img.shape)}; each axis needs >= 2 voxels")
-    try:
-        data = np.asanyarray(img.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
-        raise NephiInputError(f"{label}: data cannot be read, file truncated or corrupt "
-                              f"({_short(exc)})") from None
-    source_dtype = data.dtype
-    data = np.asarray(data, dtype=np.float32).reshape(shape)
+    if not os.access(path, os.R_OK):
+        raise NephiInputError(f"{label}: permission denied")
+    if os.path.getsize(path) == 0:
+        raise NephiInputError(f"{label}: file is empty")
+    with _NibabelMessages() as messages:
+        try:
+            img = nib.load(path)
+        except MemoryError:
+            raise NephiInputError(f"{label}: not enough memory to read it") from None
+        except Exception as exc:  # nibabel raises many types for files it cannot parse
+            raise NephiInputError(f"{label}: not a readable NIfTI file ({_short(exc)})") from None
+        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+            raise NephiInputError(f"{label}: not a NIfTI image ({type(img).__name__})")
+        shape = _squeeze_trailing(img.shape)
+        if len(shape) not in (2, 3):
+            raise NephiInputError(
+                f"{label}: has shape {tuple(img.shape)}; nephi registers 2-D or 3-D images, not "
+                f"{len(shape)}-D")
+        if min(shape) < 2:
+            raise NephiInputError(f"{label}: has shape {tuple(img.shape)}; each axis needs >= 2 "
+                                  "voxels")
+        disk_dtype = img.get_data_dtype()
+        if disk_dtype.kind not in "biuf":
+            raise NephiInputError(f"{label}: voxel type {disk_dtype} is not supported (need "
+                                  "integer or real scalar voxels)")
+        try:
+            data = np.asanyarray(img.dataobj)
+            source_dtype = data.dtype
+            data = np.asarray(data, dtype=np.float32).reshape(shape)
+        except MemoryError:
+            raise NephiInputError(f"{label}: not enough memory to read shape "
+                                  f"{tuple(img.shape)}") from None
+        except Exception as exc:
+            raise NephiInputError(f"{label}: data cannot be read, file truncated or corrupt "
+                                  f"({_short(exc)})") from None
+        try:
+            affine = img.affine
+        except Exception as exc:
+            raise NephiInputError(f"{label}: header affine cannot be read ({_short(exc)})") from None
+    messages.replay()
     if not allow_nonfinite:
         bad = ~np.isfinite(data)
         if bad.any():
             raise NephiInputError(f"{label}: contains {int(bad.sum())} NaN or infinite voxels")
-    affine = img.affine
     if affine is None or not np.all(np.isfinite(affine)):
         raise NephiInputError(f"{label}: header affine is missing or not finite")
     try:
@@ -112,19 +166,30 @@ def save_image(path: str, data: np.ndarray, grid: Grid, dtype=np.float32, intent
 def load_points(path: str, ndim: int, what: str = "points") -> np.ndarray:
     """Read a CSV point set (header x,y[,z], RAS mm) -> float64 array (N, ndim)."""
     label = f"{what} {path}"
+    if not path:
+        raise NephiInputError(f"{what}: empty file name")
     if not os.path.exists(path):
         raise NephiInputError(f"{label}: file not found")
+    if os.path.isdir(path):
+        raise NephiInputError(f"{label}: is a folder, expected a CSV file")
     names = ["x", "y", "z"][:ndim]
     rows = []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or any(n not in reader.fieldnames for n in names):
-            raise NephiInputError(f"{label}: needs a header with columns {','.join(names)}")
-        for line, row in enumerate(reader, start=2):
-            try:
-                rows.append([float(row[n]) for n in names])
-            except (TypeError, ValueError):
-                raise NephiInputError(f"{label}: line {line} is not numeric") from None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or any(n not in reader.fieldnames for n in names):
+                raise NephiInputError(f"{label}: needs a header with columns {','.join(names)}")
+            for line, row in enumerate(reader, start=2):
+                try:
+                    rows.append([float(row[n]) for n in names])
+                except (TypeError, ValueError):
+                    raise NephiInputError(f"{label}: line {line} is not numeric") from None
+    except UnicodeDecodeError:
+        raise NephiInputError(f"{label}: not a text (UTF-8) CSV file") from None
+    except csv.Error as exc:
+        raise NephiInputError(f"{label}: not a valid CSV file ({_short(exc)})") from None
+    except OSError as exc:
+        raise NephiInputError(f"{label}: cannot be read ({_short(exc)})") from None
     pts = np.asarray(rows, dtype=np.float64).reshape(-1, ndim)
     if len(pts) == 0:
         raise NephiInputError(f"{label}: holds no point")

@@ -12,12 +12,27 @@ from .errors import NephiInputError
 
 
 def check_output_dir(path: str, option: str = "--out") -> None:
-    """Fail early (NephiInputError) when ``path`` cannot become a result folder."""
+    """Fail early (NephiInputError) when ``path`` cannot become a result folder.
+
+    Creates nothing: the folder (and missing parents) are made only when results are written.
+    """
+    if not path or not str(path).strip():
+        raise NephiInputError(f"{option}: empty folder name")
     if os.path.exists(path) and not os.path.isdir(path):
         raise NephiInputError(f"{option} {path}: exists and is not a folder")
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        raise NephiInputError(f"{option} {path}: parent {parent} is not a folder")
+    # The nearest existing ancestor must be a writable folder (the result is staged beside it).
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        up = os.path.dirname(ancestor)
+        if up == ancestor:
+            break
+        ancestor = up
+    if not os.path.isdir(ancestor):
+        raise NephiInputError(f"{option} {path}: {ancestor} is not a folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise NephiInputError(f"{option} {path}: folder {ancestor} is not writable")
+    if os.path.isdir(path) and not os.access(path, os.W_OK | os.X_OK):
+        raise NephiInputError(f"{option} {path}: folder is not writable")
 
 
 class AtomicDir:

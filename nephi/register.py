@@ -6,6 +6,8 @@ moving image pulled back onto the fixed grid. Output files (exact names):
 * ``warped.nii.gz``         moving resampled onto the fixed grid
 * ``warp.nii.gz``           phi_AB - Id on the fixed grid, ITK displacement field (LPS mm)
 * ``inverse_warp.nii.gz``   phi_BA - Id on the moving grid, same format
+* ``transform.h5``          warp.nii.gz as an ITK HDF5 DisplacementFieldTransform
+* ``inverse_transform.h5``  inverse_warp.nii.gz as an ITK HDF5 DisplacementFieldTransform
 * ``jacobian.nii.gz``       det of the Jacobian of phi_AB on the fixed grid
 * ``summary.json``          metrics, timings, command line and the resolved configuration
 * ``landmarks_moving.csv``  (with ``landmarks``) fixed-space points mapped into moving space
@@ -27,6 +29,7 @@ from .config import require_positive
 from .dense import dense_fields
 from .errors import NephiInputError
 from .export import save_scalar, write_displacement_field
+from .itk_transform import write_displacement_h5
 from .imageio import Image, load_image, load_mask, load_points, save_image, save_points
 from .intensity import normalize
 from .landmarks import landmark_errors, map_points
@@ -136,6 +139,23 @@ def identity_resample(pair: LoadedPair) -> np.ndarray:
     return sample_image(vol, pts, padding="zeros")[0, 0].reshape(fixed_grid.shape).numpy()
 
 
+def framed_maps(fields: NephiFields, latent: Latent, frame_to_net=None) -> tuple:
+    """phi_AB and phi_BA as point maps in the fixed image's frame, (1, n, d) -> (1, n, d).
+
+    With ``frame_to_net`` (homogeneous matrix, fixed frame -> network frame) the fields are
+    evaluated in the network's frame: phi(x) = N^-1 phi_net(N x).
+    """
+    if frame_to_net is None:
+        return (lambda x: fields.phi_ab(x, latent)), (lambda x: fields.phi_ba(x, latent))
+    net_to_frame = np.linalg.inv(frame_to_net)
+
+    def wrap(net_map):
+        return lambda x: apply_affine_torch(
+            net_to_frame, net_map(apply_affine_torch(frame_to_net, x), latent))
+
+    return wrap(fields.phi_ab), wrap(fields.phi_ba)
+
+
 def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -144,11 +164,15 @@ def peak_memory_mb(device) -> float:
 
 def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = None,
              progress: bool = True, init: tuple | None = None, io_params: str = "all",
-             extra_summary: dict | None = None) -> dict:
+             extra_summary: dict | None = None, network_view: tuple | None = None) -> dict:
     """Run pairwise NePhi on ``pair`` and write the result folder; returns the summary dict.
 
     ``init``: optional (fields, latent) to start from (e.g. a network's prediction); they are
     copied, never changed. Without it the maps start at the identity.
+    ``network_view``: optional (tensors, frame_to_net): the pair as a trained network sees it
+    (:class:`PairTensors` on the network's grid) and the homogeneous matrix from the fixed
+    image's frame to that grid's frame. The fields then live in the network's frame; IO runs
+    there and outputs are still written on the original fixed and moving grids.
     """
     validate_config(cfg)
     check_output_dir(out_dir)
@@ -156,16 +180,13 @@ def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = N
     device = select_device(cfg["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    tensors = pair_tensors(pair, cfg, device)
+    if network_view is None:
+        tensors, frame_to_net = pair_tensors(pair, cfg, device), None
+    else:
+        tensors, frame_to_net = network_view
     fields, latent = init if init is not None else initial_state(cfg, pair.fixed.ndim, device)
     io = instance_optimize(fields, latent, tensors, cfg, params=io_params, progress=progress)
-    lat = io.latent
-
-    def phi_ab(x):
-        return io.fields.phi_ab(x, lat)
-
-    def phi_ba(x):
-        return io.fields.phi_ba(x, lat)
+    phi_ab, phi_ba = framed_maps(io.fields, io.latent, frame_to_net)
 
     t_dense = time.perf_counter()
     dense = dense_fields(phi_ab, phi_ba, pair.moving.data, pair.fixed.grid, pair.moving.grid,
@@ -214,6 +235,10 @@ def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = N
                                  pair.fixed.grid)
         write_displacement_field(os.path.join(tmp, "inverse_warp.nii.gz"),
                                  dense.backward_disp_ras, pair.moving.grid)
+        write_displacement_h5(os.path.join(tmp, "transform.h5"), dense.forward_disp_ras,
+                              pair.fixed.grid)
+        write_displacement_h5(os.path.join(tmp, "inverse_transform.h5"),
+                              dense.backward_disp_ras, pair.moving.grid)
         save_scalar(os.path.join(tmp, "jacobian.nii.gz"), dense.jacobian, pair.fixed.grid)
         if mapped is not None:
             save_points(os.path.join(tmp, "landmarks_moving.csv"), mapped)

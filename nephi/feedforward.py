@@ -1,0 +1,201 @@
+"""Feed-forward registration with a trained network, optionally refined by instance optimization.
+
+1. :func:`load_model` reads a checkpoint of :mod:`nephi.training`; it needs nothing else (model
+   config, weights, preprocessing and training config are inside).
+2. :func:`register_with_model` brings the pair to the network grid exactly as training data was
+   (:func:`nephi.dataset.preprocess_pair` with the checkpoint's preprocessing), predicts the
+   latent codes in one forward pass, and hands the prediction to
+   :func:`nephi.register.register` with ``network_view``: the fields live in the network grid's
+   frame, IO (``optim.steps`` > 0) refines copies of the latent codes (``io_params='latent'``)
+   or of the latent codes and fields (``'all'``) there, and the outputs are written on the
+   original fixed and moving grids (A = moving, B = fixed; warp.nii.gz maps fixed points to
+   moving points). The loaded model is never changed.
+3. :func:`register_pairs` does this for every row of a pairs CSV with one loaded model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import load_defaults
+from .dataset import PrepConfig, preprocess_pair, read_pairs_csv
+from .encoder import RegistrationNet
+from .errors import NephiInputError
+from .imageio import load_mask
+from .pair import PairTensors
+from .register import LoadedPair, register, select_device
+from .training import load_checkpoint
+
+SUMMARY_FIELDS = ("name", "status", "ncc_before", "ncc_after", "folding_percent",
+                  "landmark_error_before_mm", "landmark_error_after_mm", "feedforward_seconds",
+                  "io_seconds", "wall_time_s")
+
+
+@dataclass
+class LoadedModel:
+    """A trained network in eval mode and what came with it. Its parameters keep
+    ``requires_grad`` (IO with ``io_params='all'`` optimizes a copy of the fields)."""
+
+    net: RegistrationNet
+    prep: PrepConfig
+    train_config: dict
+    path: str
+    step: int
+    sample_in_mask: bool
+
+
+def load_model(path: str) -> LoadedModel:
+    """Load a training checkpoint (``best.pt`` or ``step_*.pt``) on the CPU."""
+    ckpt = load_checkpoint(path)
+    try:
+        net = RegistrationNet.from_model_config(ckpt["model_config"])
+        net.load_state_dict(ckpt["model_state"])
+        prep = PrepConfig.from_dict(ckpt["preprocessing"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise NephiInputError(f"checkpoint {path}: incomplete or inconsistent "
+                              f"({str(exc).splitlines()[0][:160]})") from None
+    net.eval()
+    cfg = ckpt["config"]
+    return LoadedModel(net=net, prep=prep, train_config=cfg, path=os.path.abspath(path),
+                       step=int(ckpt["step"]), sample_in_mask=bool(cfg["data"]["sample_in_mask"]))
+
+
+def base_config(model: LoadedModel) -> dict:
+    """Pairwise defaults with the model's loss, latent prior and field settings, so IO from the
+    prediction optimizes what training optimized. Command-line options go on top of this."""
+    cfg = load_defaults("pairwise")
+    tc = model.train_config
+    fields = model.net.fields.cfg
+    for key in cfg["model"]:
+        cfg["model"][key] = getattr(fields, key)
+    cfg["loss"].update({k: tc["loss"][k] for k in cfg["loss"] if k in tc["loss"]})
+    cfg["latent"]["sigma"] = tc["latent"]["sigma"]
+    cfg["intensity"] = dict(model.prep.intensity)
+    cfg["optim"]["steps"] = 0
+    return cfg
+
+
+def register_with_model(model: LoadedModel, pair: LoadedPair, out_dir: str, cfg: dict,
+                        io_params: str = "latent", moving_mask: np.ndarray | None = None,
+                        command: list | None = None, progress: bool = True) -> dict:
+    """Predict, optionally refine (``cfg['optim']['steps']`` IO steps), write ``out_dir``.
+
+    ``pair.mask`` (fixed mask) and ``moving_mask`` (bool on the moving grid) are needed when the
+    model was trained on masked images; a fixed mask also restricts similarity points in IO.
+    Returns the summary of :func:`nephi.register.register`.
+    """
+    if io_params not in ("latent", "all"):
+        raise NephiInputError(f"--io-params: {io_params!r} is not one of latent, all")
+    device = select_device(cfg["device"])
+    t0 = time.perf_counter()
+    prepared = preprocess_pair(pair.moving, pair.fixed, model.prep, moving_mask=moving_mask,
+                               fixed_mask=pair.mask)
+    grid = prepared.grid
+    moving = torch.as_tensor(prepared.moving, device=device).reshape(1, 1, *grid.shape)
+    fixed = torch.as_tensor(prepared.fixed, device=device).reshape(1, 1, *grid.shape)
+    mask = None
+    if prepared.fixed_mask is not None:
+        mask = torch.as_tensor(prepared.fixed_mask, device=device).unsqueeze(0)
+    tensors = PairTensors(fixed, moving, grid, grid, mask)
+    prep_seconds = time.perf_counter() - t0
+
+    net = model.net.to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        latent = net.encode(moving, fixed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    ff_seconds = time.perf_counter() - t1
+
+    extra = {
+        "mode": "feedforward" if int(cfg["optim"]["steps"]) == 0 else "feedforward+io",
+        "checkpoint": model.path,
+        "checkpoint_step": model.step,
+        "io_params": io_params,
+        "network_grid": {"shape": list(grid.shape), "spacing_mm": grid.spacing.tolist(),
+                         "affine": grid.affine.tolist()},
+        "preprocessing": model.prep.to_dict(),
+        "preprocess_seconds": prep_seconds,
+        "feedforward_seconds": ff_seconds,
+    }
+    frame_to_net = pair.fixed.grid.frame_to(grid)
+    return register(pair, out_dir, cfg, command=command, progress=progress,
+                    init=(net.fields, latent), io_params=io_params, extra_summary=extra,
+                    network_view=(tensors, frame_to_net))
+
+
+def register_pairs(model: LoadedModel, pairs_csv: str, out_dir: str, cfg: dict,
+                   io_params: str = "latent", command: list | None = None,
+                   progress: bool = True, log=print) -> dict:
+    """Register every pair of ``pairs_csv`` into ``out_dir/<name>/`` (name: the CSV's name
+    column, else ``pair_<row>``), skipping folders that already hold a summary.json.
+
+    Writes ``out_dir/pairs_summary.csv`` (one row per pair) and returns counts
+    ``{"done", "skipped", "failed"}``. A pair with bad input is reported and the others go on.
+    """
+    rows = read_pairs_csv(pairs_csv)
+    names = [r["name"] or f"pair_{i:04d}" for i, r in enumerate(rows, start=1)]
+    if len(set(names)) != len(names):
+        raise NephiInputError(f"pairs CSV {pairs_csv}: names must be unique")
+    os.makedirs(out_dir, exist_ok=True)
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    records = []
+    for k, (row, name) in enumerate(zip(rows, names), start=1):
+        sub = os.path.join(out_dir, name)
+        summary_path = os.path.join(sub, "summary.json")
+        if os.path.isfile(summary_path):
+            counts["skipped"] += 1
+            with open(summary_path) as fh:
+                records.append(_record(name, "skipped (already done)", json.load(fh)))
+            continue
+        try:
+            pair = LoadedPair(row["moving"], row["fixed"], row["fixed_mask"], row["fixed_points"],
+                              row["moving_points"])
+            moving_mask = (load_mask(row["moving_mask"], pair.moving.grid, what="moving mask")
+                           if row["moving_mask"] else None)
+            summary = register_with_model(model, pair, sub, cfg, io_params, moving_mask,
+                                          command=command, progress=progress)
+        except NephiInputError as exc:
+            counts["failed"] += 1
+            log(f"nephi-infer: pair {name} (CSV line {row['line']}) failed: {exc}")
+            records.append({"name": name, "status": f"failed: {exc}"})
+            continue
+        counts["done"] += 1
+        records.append(_record(name, "done", summary))
+        log(f"nephi-infer: [{k}/{len(rows)}] {name}: {_line(summary)}")
+    with open(os.path.join(out_dir, "pairs_summary.csv"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    return counts
+
+
+def _record(name: str, status: str, summary: dict) -> dict:
+    rec = {"name": name, "status": status}
+    for key in SUMMARY_FIELDS[2:]:
+        value = summary.get(key)
+        if isinstance(value, dict):
+            value = value.get("mean_mm")
+        rec[key] = value
+    return rec
+
+
+def _line(summary: dict) -> str:
+    text = (f"NCC {summary['ncc_before']:.4f} -> {summary['ncc_after']:.4f}, folding "
+            f"{summary['folding_percent']:.4f} %")
+    if "landmark_error_after_mm" in summary:
+        text += (f", landmark error {summary['landmark_error_before_mm']['mean_mm']:.2f} -> "
+                 f"{summary['landmark_error_after_mm']['mean_mm']:.2f} mm")
+    return text
+
+
+__all__ = ["LoadedModel", "load_model", "base_config", "register_with_model", "register_pairs"]
