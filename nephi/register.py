@@ -34,7 +34,7 @@ from .imageio import Image, load_image, load_mask, load_points, save_image, save
 from .intensity import normalize
 from .landmarks import landmark_errors, map_points
 from .losses import ncc
-from .networks import Latent, NephiFields, field_config_from_dict
+from .io_modes import validate_io_config
 from .optimize import instance_optimize
 from .outputs import AtomicDir, check_output_dir
 from .pair import PairTensors
@@ -62,11 +62,19 @@ def select_device(name: str) -> torch.device:
 
 
 def validate_config(cfg: dict) -> None:
+    """Check the resolved pairwise config; NephiInputError names the option or key.
+
+    ``optim``/``loss`` (the nephi mode's settings) are always checked; the ``io`` section and
+    the active mode's section by :func:`nephi.io_modes.validate_io_config`.
+    """
+    validate_io_config(cfg)
+    names = OPTION_NAMES if cfg["io"]["mode"] == "nephi" else {}
     require_positive(cfg, ["optim.points", "optim.reg_points", "optim.lr", "optim.latent_lr",
-                           "latent.sigma", "output.chunk", "loss.fd_eps"], OPTION_NAMES)
+                           "latent.sigma", "output.chunk", "loss.fd_eps"], names)
     steps = cfg["optim"]["steps"]
     if not isinstance(steps, int) or steps < 0:
-        raise NephiInputError(f"--io-steps: must be a non-negative integer, got {steps!r}")
+        name = names.get("optim.steps", "config key optim.steps")
+        raise NephiInputError(f"{name}: must be a non-negative integer, got {steps!r}")
     if cfg["loss"]["jacobian"] not in ("fd", "fd-central", "autograd", "forward"):
         raise NephiInputError(f"config key loss.jacobian: {cfg['loss']['jacobian']!r} is not one "
                               "of fd, fd-central, autograd, forward")
@@ -82,6 +90,10 @@ class LoadedPair:
                  landmarks_path: str | None = None, moving_landmarks_path: str | None = None):
         self.moving = load_image(moving_path, what="moving image")
         self.fixed = load_image(fixed_path, what="fixed image")
+        self.mask_path = os.path.abspath(mask_path) if mask_path else None
+        self.landmarks_path = os.path.abspath(landmarks_path) if landmarks_path else None
+        self.moving_landmarks_path = (os.path.abspath(moving_landmarks_path)
+                                      if moving_landmarks_path else None)
         if self.moving.ndim != self.fixed.ndim:
             raise NephiInputError(f"moving image {moving_path} is {self.moving.ndim}-D but fixed "
                                   f"image {fixed_path} is {self.fixed.ndim}-D")
@@ -113,16 +125,6 @@ def pair_tensors(pair: LoadedPair, cfg: dict, device) -> PairTensors:
     return PairTensors(prep(pair.fixed), prep(pair.moving), pair.fixed.grid, pair.moving.grid, mask)
 
 
-def initial_state(cfg: dict, ndim: int, device) -> tuple:
-    """Fresh fields (identity maps) and random latent codes, seeded by ``cfg['seed']``."""
-    torch.manual_seed(int(cfg["seed"]))
-    fcfg = field_config_from_dict({**cfg["model"], "ndim": ndim})
-    fields = NephiFields(fcfg, seed=int(cfg["seed"])).to(device)
-    gen = torch.Generator().manual_seed(int(cfg["seed"]))
-    latent = Latent.random(1, fcfg, float(cfg["latent"]["sigma"]), generator=gen, device=device)
-    return fields, latent
-
-
 def ncc_in(a: np.ndarray, b: np.ndarray, region: np.ndarray | None) -> float:
     if region is not None:
         a, b = a[region], b[region]
@@ -139,21 +141,22 @@ def identity_resample(pair: LoadedPair) -> np.ndarray:
     return sample_image(vol, pts, padding="zeros")[0, 0].reshape(fixed_grid.shape).numpy()
 
 
-def framed_maps(fields: NephiFields, latent: Latent, frame_to_net=None) -> tuple:
-    """phi_AB and phi_BA as point maps in the fixed image's frame, (1, n, d) -> (1, n, d).
+def framed_maps(phi_ab, phi_ba, frame_to_net=None) -> tuple:
+    """Point maps of the IO frame as point maps of the fixed image's frame, (1, n, d) -> (1, n, d).
 
-    With ``frame_to_net`` (homogeneous matrix, fixed frame -> network frame) the fields are
-    evaluated in the network's frame: phi(x) = N^-1 phi_net(N x).
+    ``phi_ab``, ``phi_ba``: the maps IO returned, in the frame it optimized in. With
+    ``frame_to_net`` (homogeneous matrix, fixed frame -> network frame) that frame is the
+    network grid's: phi(x) = N^-1 phi_net(N x). Without it the maps are returned unchanged.
     """
     if frame_to_net is None:
-        return (lambda x: fields.phi_ab(x, latent)), (lambda x: fields.phi_ba(x, latent))
+        return phi_ab, phi_ba
     net_to_frame = np.linalg.inv(frame_to_net)
 
     def wrap(net_map):
-        return lambda x: apply_affine_torch(
-            net_to_frame, net_map(apply_affine_torch(frame_to_net, x), latent))
+        return lambda x: apply_affine_torch(net_to_frame,
+                                            net_map(apply_affine_torch(frame_to_net, x)))
 
-    return wrap(fields.phi_ab), wrap(fields.phi_ba)
+    return wrap(phi_ab), wrap(phi_ba)
 
 
 def peak_memory_mb(device) -> float:
@@ -165,10 +168,14 @@ def peak_memory_mb(device) -> float:
 def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = None,
              progress: bool = True, init: tuple | None = None, io_params: str = "all",
              extra_summary: dict | None = None, network_view: tuple | None = None) -> dict:
-    """Run pairwise NePhi on ``pair`` and write the result folder; returns the summary dict.
+    """Register ``pair`` with the IO mode ``cfg['io']['mode']``, write the result folder; returns
+    the summary dict.
 
+    Every mode goes the same way: :func:`nephi.optimize.instance_optimize` returns the point maps
+    (phi_AB, phi_BA) of the frame it optimized in, :func:`framed_maps` brings them to the fixed
+    image's frame, and dense export, metrics and files are the same for every mode.
     ``init``: optional (fields, latent) to start from (e.g. a network's prediction); they are
-    copied, never changed. Without it the maps start at the identity.
+    copied, never changed. Without it the maps start at the identity (``nephi``: fresh fields).
     ``network_view``: optional (tensors, frame_to_net): the pair as a trained network sees it
     (:class:`PairTensors` on the network's grid) and the homogeneous matrix from the fixed
     image's frame to that grid's frame. The fields then live in the network's frame; IO runs
@@ -184,9 +191,8 @@ def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = N
         tensors, frame_to_net = pair_tensors(pair, cfg, device), None
     else:
         tensors, frame_to_net = network_view
-    fields, latent = init if init is not None else initial_state(cfg, pair.fixed.ndim, device)
-    io = instance_optimize(fields, latent, tensors, cfg, params=io_params, progress=progress)
-    phi_ab, phi_ba = framed_maps(io.fields, io.latent, frame_to_net)
+    io = instance_optimize(tensors, cfg, init=init, io_params=io_params, progress=progress)
+    phi_ab, phi_ba = framed_maps(io.phi_ab, io.phi_ba, frame_to_net)
 
     t_dense = time.perf_counter()
     dense = dense_fields(phi_ab, phi_ba, pair.moving.data, pair.fixed.grid, pair.moving.grid,
@@ -201,6 +207,9 @@ def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = N
                      "warped = moving(phi_AB(x)) on the fixed grid",
         "moving": os.path.abspath(pair.moving.path),
         "fixed": os.path.abspath(pair.fixed.path),
+        "mask": getattr(pair, "mask_path", None),
+        "landmarks": getattr(pair, "landmarks_path", None),
+        "moving_landmarks": getattr(pair, "moving_landmarks_path", None),
         "ncc_region": "mask" if region is not None else "fixed image",
         "ncc_before": ncc_in(before, pair.fixed.data, region),
         "ncc_after": ncc_in(dense.warped, pair.fixed.data, region),
@@ -211,6 +220,9 @@ def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = N
             else dense.inverse_error_mm.mean()),
         "inverse_consistency_mm_p95": float(np.percentile(
             dense.inverse_error_mm[region] if region is not None else dense.inverse_error_mm, 95)),
+        "io_mode": io.mode,
+        "io_inverse": io.info.get("inverse"),
+        "io_info": io.info,
         "io_steps": io.steps,
         "io_seconds": io.seconds,
         "dense_seconds": dense_seconds,
@@ -242,6 +254,12 @@ def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = N
         save_scalar(os.path.join(tmp, "jacobian.nii.gz"), dense.jacobian, pair.fixed.grid)
         if mapped is not None:
             save_points(os.path.join(tmp, "landmarks_moving.csv"), mapped)
+        if cfg["output"].get("qc", False):
+            from .quicklook import QC_FILE, write_overview
+
+            write_overview(os.path.join(tmp, QC_FILE), pair.fixed, pair.moving, dense.warped,
+                           dense.forward_disp_ras, dense.jacobian, pair.mask, summary,
+                           os.path.basename(os.path.normpath(out_dir)))
         summary["wall_time_s"] = time.perf_counter() - t0
         summary["peak_memory_mb"] = peak_memory_mb(device)
         summary["peak_memory_kind"] = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
