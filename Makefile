@@ -30,7 +30,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+# `make bench`: peers benchmark (benchmarks/bench_peers.py -> benchmarks/results/), then the
+# GradICON Jacobian benchmark. CHECKPOINT=path adds the feed-forward rows (default: the
+# configs/lung_cpu.yaml checkpoint when it exists); BENCH_ARGS=--quick for a short smoke run.
+BENCH_STAMP := $(VENV)/.nephi-bench-installed
+CHECKPOINT ?= $(wildcard runs/lung_cpu/best.pt)
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/bench_peers.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(BENCH_ARGS)
 	$(PY) benchmarks/bench_jacobian.py
 
 clean:

@@ -148,11 +148,13 @@ def resample(data: np.ndarray, source: Grid, target: Grid, mode: str = "bilinear
     """Resample ``data`` (source.shape) onto ``target`` through physical space (RAS mm).
 
     ``mode``: ``bilinear`` (linear in 2-D and 3-D) or ``nearest``; zero outside the source.
-    Returns float32 (target.shape).
+    Returns float32 (target.shape); a copy of ``data`` when the grids coincide.
     """
-    pts = target.normalized_points().reshape(1, -1, target.ndim).double()
+    if target.same_as(source, tol=1e-6):
+        return np.array(data, dtype=np.float32)
+    pts = target.normalized_points().reshape(1, -1, target.ndim)
     pts = apply_affine_torch(target.frame_to(source), pts)
-    vol = torch.as_tensor(np.asarray(data, dtype=np.float64)).reshape(1, 1, *source.shape)
+    vol = torch.as_tensor(np.asarray(data, dtype=np.float32)).reshape(1, 1, *source.shape)
     out = sample_image(vol, pts, mode=mode, padding="zeros")
     return out.reshape(target.shape).numpy().astype(np.float32)
 

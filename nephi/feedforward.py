@@ -29,6 +29,7 @@ from .dataset import PrepConfig, preprocess_pair, read_pairs_csv
 from .encoder import RegistrationNet
 from .errors import NephiInputError
 from .imageio import load_mask
+from .io_modes import io_steps
 from .pair import PairTensors
 from .register import LoadedPair, register, select_device
 from .training import load_checkpoint
@@ -93,6 +94,10 @@ def register_with_model(model: LoadedModel, pair: LoadedPair, out_dir: str, cfg:
     """
     if io_params not in ("latent", "all"):
         raise NephiInputError(f"--io-params: {io_params!r} is not one of latent, all")
+    if model.prep.apply_mask and (pair.mask is None or moving_mask is None):
+        raise NephiInputError(f"checkpoint {model.path}: the network was trained on masked "
+                              "images; give the fixed and the moving mask (--mask and "
+                              "--moving-mask, or the CSV columns fixed_mask and moving_mask)")
     device = select_device(cfg["device"])
     t0 = time.perf_counter()
     prepared = preprocess_pair(pair.moving, pair.fixed, model.prep, moving_mask=moving_mask,
@@ -117,7 +122,7 @@ def register_with_model(model: LoadedModel, pair: LoadedPair, out_dir: str, cfg:
     ff_seconds = time.perf_counter() - t1
 
     extra = {
-        "mode": "feedforward" if int(cfg["optim"]["steps"]) == 0 else "feedforward+io",
+        "mode": "feedforward" if io_steps(cfg) == 0 else "feedforward+io",
         "checkpoint": model.path,
         "checkpoint_step": model.step,
         "io_params": io_params,

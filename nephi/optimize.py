@@ -1,75 +1,88 @@
-"""Instance optimization (IO): refine NePhi fields and latent codes for one pair with Adam.
+"""Instance optimization (IO): one engine for every mode (``nephi``, ``inr``, ``velocity``).
 
-The inputs are never changed: IO works on copies and returns them (DESIGN.md trap).
+:func:`instance_optimize` builds the mode of ``cfg['io']['mode']`` (:mod:`nephi.io_modes`),
+runs Adam over its stages on the terms it returns (a progress bar per stage), and returns the
+optimized point maps ``(phi_AB, phi_BA)`` with the loss history. The inputs (a given network's
+fields and latent codes) are never changed: every mode works on copies (DESIGN.md trap).
 """
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
+from .io_modes import build_mode
 from .losses import total
-from .networks import Latent, NephiFields
-from .objective import nephi_terms
 from .pair import PairTensors
+
+PointMap = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class IOResult:
-    """Optimized copies of the fields and latent codes, with the loss history per step."""
+    """What IO produced, in the frame of the pair it optimized on.
 
-    fields: NephiFields
-    latent: Latent
+    ``phi_ab`` maps fixed points (B, N, d) to moving points, ``phi_ba`` moving points to fixed
+    points (no gradients reach any parameter). ``history``: one dict per step (term values and
+    ``loss``; ``stage`` with several stages). ``info``: how the mode made its maps (summary).
+    """
+
+    mode: str
+    phi_ab: PointMap
+    phi_ba: PointMap
     history: list = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+    info: dict = field(default_factory=dict)
 
 
-def instance_optimize(fields: NephiFields, latent: Latent, pair: PairTensors, cfg: dict,
-                      params: str = "all", progress: bool = True) -> IOResult:
-    """Optimize copies of ``latent`` (and of ``fields`` if ``params == 'all'``) for ``pair``.
+def _postfix(record: dict) -> dict:
+    """The loss and the first few weighted terms, for the progress bar."""
+    shown = {"loss": f"{record['loss']:.4f}"}
+    for name, value in record.items():
+        if name not in ("loss", "stage") and "/" not in name and len(shown) < 4:
+            shown[name] = f"{value:.3g}"
+    return shown
 
-    ``cfg`` is a resolved pairwise config (``optim``, ``loss``, ``latent`` and ``seed`` keys).
+
+def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
+                      io_params: str = "all", progress: bool = True) -> IOResult:
+    """Optimize the mode ``cfg['io']['mode']`` for ``pair``; return its point maps.
+
+    ``init``: optional (fields, latent) of a NePhi network (its prediction for this pair, in
+    the frame of ``pair``): ``nephi`` refines copies of them, ``inr`` and ``velocity`` compose
+    their refinement with the map they give. Without it, ``nephi`` starts from fresh fields and
+    ``inr``/``velocity`` from the identity. ``io_params``: what ``nephi`` optimizes, ``'all'``
+    or ``'latent'``. ``cfg``: a resolved pairwise config (``seed`` seeds the point sampling).
     """
-    opt_cfg, loss_cfg = cfg["optim"], cfg["loss"]
-    steps = int(opt_cfg["steps"])
-    fields = copy.deepcopy(fields)
-    latent = Latent(torch.nn.Parameter(latent.global_.detach().clone()),
-                    torch.nn.Parameter(latent.local.detach().clone()))
-    groups = [{"params": [latent.global_, latent.local], "lr": float(opt_cfg["latent_lr"])}]
-    if params == "all":
-        groups.append({"params": list(fields.parameters()), "lr": float(opt_cfg["lr"])})
-    elif params == "latent":
-        fields.requires_grad_(False)
-    else:
-        raise ValueError(f"params must be 'all' or 'latent', got {params!r}")
-    optimizer = torch.optim.Adam(groups)
+    mode = build_mode(cfg, pair, init, io_params)
     generator = torch.Generator().manual_seed(int(cfg["seed"]))
     history = []
+    total_steps = 0
     start = time.perf_counter()
-    points = int(opt_cfg["points"])
-    bar = tqdm(range(steps), desc="IO", disable=not progress or steps == 0, unit="step",
-               dynamic_ncols=True, leave=False)
-    for step in bar:
-        optimizer.zero_grad(set_to_none=True)
-        terms = nephi_terms(fields, latent, pair, loss_cfg, points, int(opt_cfg["reg_points"]),
-                            float(cfg["latent"]["sigma"]), generator)
-        loss = total(terms)
-        loss.backward()
-        optimizer.step()
-        record = {name: float(t.value.detach()) for name, t in terms.items()}
-        record["loss"] = float(loss.detach())
-        history.append(record)
-        if progress and (step % 10 == 0 or step == steps - 1):
-            rate = (step + 1) * points * 2 * pair.batch / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", sim=f"{record['sim_ab']:.4f}",
-                            gradicon=f"{record['gradicon']:.2e}", pts_s=f"{rate:.0f}")
-    bar.close()
-    fields.requires_grad_(False)
-    result = IOResult(fields=fields, latent=latent.detach_clone(), history=history,
-                      seconds=time.perf_counter() - start, steps=steps)
-    return result
+    for stage in mode.stages():
+        optimizer = torch.optim.Adam(stage.groups)
+        bar = tqdm(range(stage.steps), desc=f"IO {stage.label}", unit="step",
+                   disable=not progress or stage.steps == 0, dynamic_ncols=True, leave=False)
+        for step in bar:
+            optimizer.zero_grad(set_to_none=True)
+            terms = mode.terms(pair, generator)
+            loss = total(terms)
+            loss.backward()
+            optimizer.step()
+            record = {name: float(t.value.detach()) for name, t in terms.items()}
+            record["loss"] = float(loss.detach())
+            if stage.count > 1:
+                record["stage"] = stage.index + 1
+            history.append(record)
+            if progress and (step % 10 == 0 or step == stage.steps - 1):
+                bar.set_postfix(_postfix(record))
+        bar.close()
+        total_steps += stage.steps
+    phi_ab, phi_ba = mode.maps()
+    return IOResult(mode=mode.name, phi_ab=phi_ab, phi_ba=phi_ba, history=history,
+                    seconds=time.perf_counter() - start, steps=total_steps, info=mode.info())

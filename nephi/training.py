@@ -308,7 +308,7 @@ def evaluate_pair(net: RegistrationNet, arrays: dict, grid: Grid, cfg: dict, dev
         out["val/dice"] = _dice(np.rint(warp(arrays["moving_label"], "nearest")),
                                 arrays["fixed_label"])
     if images:
-        lines = _grid_lines(grid.shape, max(2, min(grid.shape) // 16))
+        lines = _grid_lines(grid.shape, max(2, min(grid.shape) // 8))
         out["images"] = {"fixed": _view(arrays["fixed"]), "moving": _view(arrays["moving"]),
                          "warped": _view(warp(arrays["moving"], "bilinear")),
                          "deformed_grid": _view(warp(lines, "bilinear"))}
@@ -335,6 +335,19 @@ def validate(net: RegistrationNet, data: PairFile, cfg: dict, device) -> tuple:
             sums.setdefault(key, []).append(value)
     net.train(was_training)
     return {k: float(np.mean(v)) for k, v in sums.items()}, views
+
+
+def log_validation(writer, metrics: dict, views: list, step: int, seconds: float) -> None:
+    """Validation scalars and images (each view scaled to [0, 1]) to TensorBoard."""
+    for key, value in metrics.items():
+        writer.add_scalar(key, value, step)
+    writer.add_scalar("val/seconds", seconds, step)
+    for name, view in views:
+        for kind, img in view.items():
+            img = np.asarray(img, dtype=np.float32)
+            img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
+            writer.add_image(f"val_{name}/{kind}", img, step, dataformats="HW")
+    writer.flush()
 
 
 def selection_metric(cfg: dict, data: PairFile) -> tuple:
@@ -464,6 +477,7 @@ def train(cfg: dict, output_dir: str, resume: bool = False, command: list | None
 
     with accelerator.main_process_first():
         data_path = ensure_data(cfg, log=lambda s: _log(accelerator, s))
+    cfg = set_dotted(cfg, "data.path", data_path)
     data = PairFile(data_path)
     if cfg["data"]["sample_in_mask"] and not data.has["fixed_mask"]:
         raise NephiInputError("config key data.sample_in_mask: the data has no fixed masks")
@@ -564,18 +578,10 @@ def train(cfg: dict, output_dir: str, resume: bool = False, command: list | None
         do_ckpt = done % int(cfg["checkpoint"]["every"]) == 0 or done == steps
         if do_val:
             if accelerator.is_main_process:
-                unwrapped = accelerator.unwrap_model(step_module).net
                 t_val = time.perf_counter()
-                metrics, views = validate(unwrapped, data, cfg, device)
-                for k, v in metrics.items():
-                    writer.add_scalar(k, v, done)
-                writer.add_scalar("val/seconds", time.perf_counter() - t_val, done)
-                for name, view in views:
-                    for kind, img in view.items():
-                        img = np.asarray(img, dtype=np.float32)
-                        img = (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
-                        writer.add_image(f"val_{name}/{kind}", img, done, dataformats="HW")
-                writer.flush()
+                metrics, views = validate(accelerator.unwrap_model(step_module).net, data, cfg,
+                                          device)
+                log_validation(writer, metrics, views, done, time.perf_counter() - t_val)
                 summary = ", ".join(f"{k[4:]} {v:.4g}" for k, v in sorted(metrics.items())
                                     if k in (metric_key, "val/loss", "val/folding_percent",
                                              "val/landmark_error_before_mm", "val/dice_before"))
@@ -588,15 +594,13 @@ def train(cfg: dict, output_dir: str, resume: bool = False, command: list | None
                 raise RuntimeError(f"processes hold different parameters at step {done}: "
                                    "gradients are not synchronized (see DESIGN.md section 6)")
             if accelerator.is_main_process:
+                improved = do_val and metric_key in metrics and (
+                    best is None or (metrics[metric_key] < best["value"] if metric_mode == "min"
+                                     else metrics[metric_key] > best["value"]))
+                if improved:
+                    best = {"metric": metric_key, "mode": metric_mode,
+                            "value": metrics[metric_key], "step": done}
                 unwrapped = accelerator.unwrap_model(step_module).net
-                improved = False
-                if metric_key in metrics:
-                    value = metrics[metric_key]
-                    if best is None or (value < best["value"] if metric_mode == "min"
-                                        else value > best["value"]):
-                        best = {"metric": metric_key, "mode": metric_mode, "value": value,
-                                "step": done}
-                        improved = True
                 payload = {
                     "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
                     "code_version": code_version(), "step": done,

@@ -1,0 +1,1 @@
+"""Benchmark scripts of nephi (peer comparison, Jacobian strategies, memory); not installed."""
