@@ -75,7 +75,7 @@ def test_cli_lowers_landmark_error_on_synthetic_lung(tmp_path):
            "--mask", str(tmp_path / "inhale_mask.nii.gz"),
            "--landmarks", str(tmp_path / "inhale_points.csv"),
            "--moving-landmarks", str(tmp_path / "exhale_points.csv"),
-           "--out", str(out), "--io-steps", "120", "--points", "1024", "--reg-points", "256",
+           "--out", str(out), "--io-steps", "100", "--points", "1024", "--reg-points", "256",
            "--config", str(cfg), "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
