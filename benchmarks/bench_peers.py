@@ -186,10 +186,10 @@ def nephi_spec(mode: str, io_steps: Optional[int], checkpoint: Optional[str],
             return False, "the lung checkpoint (configs/lung_cpu.yaml) is 3-D"
         return True, ""
 
-    masked = checkpoint is None
-    return MethodSpec(key, label, "nephi", desc, masked, argv, "warp.nii.gz",
+    return MethodSpec(key, label, "nephi", desc, True, argv, "warp.nii.gz",
                       "landmarks_moving.csv", _nephi_reg_seconds, applies,
-                      extra={"mode": mode, "io_steps": io_steps, "profile": profile})
+                      extra={"mode": mode, "io_steps": io_steps, "profile": profile,
+                             "always_mask": checkpoint is not None})
 
 
 def peer_spec(key: str, profile: str) -> MethodSpec:
@@ -326,7 +326,8 @@ def run_method(spec: MethodSpec, case: Case, runs_dir: str, use_mask: bool = Tru
     case.to_json(os.path.join(case_dir, "case.json"))
     out_dir = os.path.join(case_dir, spec.key)
     record_path = out_dir + ".json"
-    masked = bool(use_mask and spec.uses_mask and case.fixed_mask)
+    masked = bool((use_mask or spec.extra.get("always_mask")) and spec.uses_mask
+                  and case.fixed_mask)
     argv = spec.argv(case, out_dir, use_mask)
     base = {"method": spec.key, "case": case.name, "group": case.group, "mask": masked,
             "threads": threads, "command": " ".join(argv)}
@@ -549,7 +550,7 @@ def plot_all(out: str, rows: list, records: list, scaling: list, labels: dict,
     sparse = FuncFormatter(
         lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** np.floor(np.log10(v))) in (2, 5) else "")
     written = []
-    keys = list(dict.fromkeys(r["method"] for r in rows))
+    keys = list(dict.fromkeys([r["method"] for r in rows] + [s["method"] for s in scaling]))
     colours = {k: plt.cm.tab10(i % 10) for i, k in enumerate(keys)}
     markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
@@ -613,18 +614,27 @@ def plot_all(out: str, rows: list, records: list, scaling: list, labels: dict,
 
     if scaling:
         fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.4))
-        for series in sorted({s["series"] for s in scaling}):
+        styles = ["-", "--", ":"]
+        count = {}
+        for series in dict.fromkeys(s["series"] for s in scaling):
             pts = sorted((s for s in scaling if s["series"] == series), key=lambda s: s["voxels"])
+            key = pts[0]["method"]
+            style = styles[count.get(key, 0) % len(styles)]
+            count[key] = count.get(key, 0) + 1
             ax_t.plot([p["voxels"] for p in pts], [p["seconds"] for p in pts], marker="o",
-                      label=series)
-        for key in sorted({s["method"] for s in scaling}):
+                      linestyle=style, color=colours.get(key), label=series)
+        for key in dict.fromkeys(s["method"] for s in scaling):
             by_vox = {s["voxels"]: s["peak_mb"] for s in scaling if s["method"] == key}
             xs = sorted(by_vox)
-            ax_m.plot(xs, [by_vox[x] for x in xs], marker="o",
+            ax_m.plot(xs, [by_vox[x] for x in xs], marker="o", color=colours.get(key),
                       label=f"{labels.get(key, key)} (whole run)")
-        for ax, label in ((ax_t, "seconds (log)"), (ax_m, "peak memory MB (log)")):
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+        ax_t.set_yscale("log")
+        ax_t.set_xscale("log")
+        ax_m.set_xscale("log")
+        for axis in (ax_t.yaxis, ax_t.xaxis, ax_m.xaxis):
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(sparse)
+        for ax, label in ((ax_t, "seconds (log)"), (ax_m, "peak memory MB")):
             ax.set_xlabel("voxels (log)")
             ax.set_ylabel(label)
             ax.grid(True, which="both", alpha=0.3)
@@ -760,8 +770,8 @@ def main(argv=None) -> int:
     # ---- pairs
     print("bench: building the held-out pairs ...")
     cases = []
-    g_small = f"lung {cfg['lung_small']}^3 x {FOV_MM / cfg['lung_small']:g} mm"
-    g_large = f"lung {cfg['lung_large']}^3 x {FOV_MM / cfg['lung_large']:g} mm"
+    g_small = f"lung {cfg['lung_small']}^3 x {FOV_MM / cfg['lung_small']:.3g} mm"
+    g_large = f"lung {cfg['lung_large']}^3 x {FOV_MM / cfg['lung_large']:.3g} mm"
     g_tc = f"Triangles & Circles 2-D {cfg['tc_size']}^2"
     for i in range(cfg["lung_small_pairs"]):
         cases.append(lung_case(data_dir, cfg["lung_small"], LUNG_SEED + i, g_small))
@@ -893,7 +903,15 @@ def run_scaling(args, cfg: dict, specs: list, cases: list, records: list, data_d
 
 
 MASKS_TEXT = ("the fixed (inhale) lung mask for the methods that take one: nephi IO (similarity "
-              "points), ANTs (-x), elastix (fixed mask); dipy and SimpleITK demons take none")
+              "points), ANTs (-x on the SyN stage; its linear stages see the whole image), "
+              "elastix (fixed mask); dipy and SimpleITK demons take none")
+
+
+def reused_text(records: list) -> str:
+    """Say how many runs came from an earlier invocation (``--resume``)."""
+    runs = [r for r in records if r["method"] != "identity"]
+    reused = sum(1 for r in runs if r.get("reused"))
+    return f" ({reused} of {len(runs)} runs reused from an earlier invocation)" if reused else ""
 
 
 def load_text(records: list, threads: int) -> str:
@@ -902,7 +920,8 @@ def load_text(records: list, threads: int) -> str:
     if not loads:
         return "load average not recorded"
     return (f"1-min load average around the runs {min(loads):.1f}-{max(loads):.1f} (median "
-            f"{float(np.median(loads)):.1f}; above {threads} other work competed for the cores)")
+            f"{float(np.median(loads)):.1f}; the benchmark runs one method at a time with "
+            f"{threads} thread(s), so a higher load means other work competed for the cores)")
 
 
 def report(date, command, args, cfg, specs, skipped, not_applicable, rows, groups, labels,
@@ -916,7 +935,8 @@ def report(date, command, args, cfg, specs, skipped, not_applicable, rows, group
         f"- machine: {m['cores']} cores, {m['mem_gib']:.1f} GiB RAM, {m['cpu']}, "
         f"Python {m['python']}",
         f"- command (in the repository root; `make bench` runs it): `{command}`",
-        f"- total time: {elapsed / 60:.1f} min; {args.threads} thread(s) for every method "
+        f"- total time: {elapsed / 60:.1f} min{reused_text(records)}; {args.threads} thread(s) "
+        "for every method "
         f"({', '.join(THREAD_VARIABLES)}); {load_text(records, args.threads)}",
         f"- masks: {MASKS_TEXT if use_mask else 'none for any method'}; the feed-forward rows "
         "always get both lung masks (the network's preprocessing uses them when it was trained "
