@@ -25,7 +25,9 @@ Modes (config key ``io.mode``, ``nephi-infer --io-mode``):
 With a given map (a trained network's prediction: ``init`` = (fields, latent)), ``inr`` and
 ``velocity`` refine on top of it: phi_AB = B_AB o R (R acts first on the fixed points, then the
 prediction B_AB), phi_BA = R^-1 o B_BA, so IO starts exactly where the network left off (R
-starts as the identity: the output layer is zero). Without one B is the identity. A cascade
+starts as the identity: the output layer is zero); during IO B is read from a table
+(``io.given_map_grid``, :func:`tabulate`) for speed, the exported maps use the network itself.
+Without one B is the identity. A cascade
 (``stages`` > 1; Byra et al. 2023) trains R_1, freezes it, and trains R_2 on top:
 phi_AB = B_AB o R_1 o R_2, phi_BA = R_2^-1 o R_1^-1 o B_BA. The given network is copied and
 never changed.
@@ -56,6 +58,8 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from .dense import evaluate_chunked
+from .derivatives import METHODS as DERIVATIVE_METHODS
 from .errors import NephiInputError
 from .inr import CoordinateNet, CoordinateNetConfig
 from .losses import SIMILARITIES, similarity_terms, stencil_offsets
@@ -63,10 +67,10 @@ from .networks import Latent, NephiFields, field_config_from_dict
 from .objective import nephi_terms
 from .pair import PairTensors
 from .regularizers import HYPERELASTIC_DEFAULTS, REGULARIZERS, regularizer_terms
+from .sampling import interpolate_linear
 
 MODES = ("nephi", "inr", "velocity")
 REGULARIZER_SPACES = ("normalized", "mm")
-DERIVATIVE_METHODS = ("fd", "fd-central", "autograd", "forward")
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "heun2", "heun3", "rk4")
 ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 
@@ -158,6 +162,9 @@ def validate_io_config(cfg: dict) -> None:
     for name in HYPERELASTIC_DEFAULTS:
         _check_positive(f"io.hyperelastic.{name}", io["hyperelastic"][name], zero=True)
     _check_positive("io.det_margin", io["det_margin"], zero=True)
+    _check_positive("io.given_map_grid", io["given_map_grid"], integer=True, zero=True)
+    if 0 < io["given_map_grid"] < 2:
+        _fail("io.given_map_grid", "must be 0 (use the network) or >= 2")
     if io["bending_eps"] is not None:
         _check_positive("io.bending_eps", io["bending_eps"])
     if mode == "nephi":
@@ -378,8 +385,27 @@ class NephiMode:
                 "start": "given prediction" if self.given else "identity fields, random latent"}
 
 
+def tabulate(fn: PointMap, shape, device) -> PointMap:
+    """fn (1, n, d) -> (1, n, d) tabulated on a grid of ``shape`` over [-1, 1]^d (voxel centres,
+    align_corners) and linearly interpolated between: x -> x + D(x), with D the table of
+    fn(p) - p (:func:`nephi.sampling.interpolate_linear`: twice differentiable in x, constant
+    beyond the border). Exact at the grid points; its second derivatives vanish between them."""
+    axes = [torch.linspace(-1.0, 1.0, int(n), device=device) for n in shape]
+    pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
+    disp = evaluate_chunked(fn, pts, 32768) - pts
+    table = disp.reshape(*shape, len(shape)).movedim(-1, 0).unsqueeze(0)
+    return lambda x: x + interpolate_linear(table.expand(x.shape[0], *table.shape[1:]), x)
+
+
 class RefinementMode:
-    """``inr`` and ``velocity``: phi_AB = B_AB o R_1 o ... o R_k on top of a given map B."""
+    """``inr`` and ``velocity``: phi_AB = B_AB o R_1 o ... o R_k on top of a given map B.
+
+    During optimization a given map is used through a table (:func:`tabulate`) of at most
+    ``io.given_map_grid`` points per axis of the IO grid, since evaluating and twice
+    differentiating a NePhi network at every sampled point would cost several times more than
+    the refinement itself; ``given_map_grid`` = 0 uses the network. The maps returned by
+    :meth:`maps` (what is exported) always compose with the network itself.
+    """
 
     def __init__(self, name: str, cfg: dict, pair: PairTensors, init: tuple | None):
         self.name, self.cfg, self.sec = name, cfg, cfg[name]
@@ -391,6 +417,9 @@ class RefinementMode:
             self.base_ba = lambda x: fields.phi_ba(x, latent)
         else:
             self.base_ab = self.base_ba = None
+        self.train_ab, self.train_ba = self.base_ab, self.base_ba
+        size = int(cfg["io"]["given_map_grid"])
+        self.table_shape = tuple(min(n, size) for n in pair.fixed_grid.shape) if size else None
         self.refinements = nn.ModuleList()
         self.reg_scale = 1.0
         sec = self.sec
@@ -412,8 +441,17 @@ class RefinementMode:
                                  sec["adjoint"])
         return ref.to(self.device)
 
+    def _tabulate_given_map(self) -> None:
+        if self.base_ab is None or self.table_shape is None:
+            return
+        self.train_ab = tabulate(self.base_ab, self.table_shape, self.device)
+        if "gradicon" in self.reg.weights:
+            self.train_ba = tabulate(self.base_ba, self.table_shape, self.device)
+
     def stages(self) -> Iterator[Stage]:
         count = int(self.sec["stages"])
+        if int(self.sec["steps"]) > 0:
+            self._tabulate_given_map()
         for k in range(count):
             self.refinements.requires_grad_(False)
             ref = self._refinement(int(self.cfg["seed"]) + k)
@@ -424,28 +462,42 @@ class RefinementMode:
                         int(self.sec["steps"]), k, count)
         self.refinements.requires_grad_(False)
 
-    def phi_ab(self, x: torch.Tensor) -> torch.Tensor:
+    def _compose_ab(self, x: torch.Tensor, base: PointMap | None) -> torch.Tensor:
         for ref in reversed(self.refinements):
             x = ref(x)
-        return x if self.base_ab is None else self.base_ab(x)
+        return x if base is None else base(x)
 
-    def phi_ba(self, y: torch.Tensor) -> torch.Tensor:
-        if self.base_ba is not None:
-            y = self.base_ba(y)
+    def _compose_ba(self, y: torch.Tensor, base: PointMap | None) -> torch.Tensor:
+        if base is not None:
+            y = base(y)
         for ref in self.refinements:
             y = ref.inverse(y)
         return y
 
+    def phi_ab(self, x: torch.Tensor) -> torch.Tensor:
+        """B_AB(R_1(...R_k(x))), fixed -> moving frame points (B, N, d)."""
+        return self._compose_ab(x, self.base_ab)
+
+    def phi_ba(self, y: torch.Tensor) -> torch.Tensor:
+        """R_k^-1(...R_1^-1(B_BA(y))), moving -> fixed frame points (B, N, d)."""
+        return self._compose_ba(y, self.base_ba)
+
     def terms(self, pair: PairTensors, generator: torch.Generator) -> dict:
         sec = self.sec
+
+        def train_ab(x):
+            return self._compose_ab(x, self.train_ab)
+
+        def train_ba(y):
+            return self._compose_ba(y, self.train_ba)
+
         x = pair.sample_fixed_points(int(sec["points"]), generator)
-        terms = similarity_terms("sim_ab", pair.moving_at, pair.fixed_at, self.phi_ab, x,
+        terms = similarity_terms("sim_ab", pair.moving_at, pair.fixed_at, train_ab, x,
                                  self.cfg["io"]["similarity"], self.offsets)
         if self.reg.weights:
             r = pair.sample_fixed_points(int(sec["reg_points"]), generator,
                                          in_mask=bool(sec["reg_in_mask"]))
-            terms.update(self.reg.terms(self.phi_ab, r, inverse_fn=self.phi_ba,
-                                        scale=self.reg_scale))
+            terms.update(self.reg.terms(train_ab, r, inverse_fn=train_ba, scale=self.reg_scale))
         return terms
 
     def maps(self) -> tuple:
@@ -465,10 +517,13 @@ class RefinementMode:
                        f"({sec['solver']}, {how})")
         if self.given:
             inverse += ", composed after the given map's phi_BA"
+        table = (f"tabulated on {'x'.join(map(str, self.table_shape))} points during IO"
+                 if self.given and self.table_shape else "the network itself")
         return {"inverse": inverse,
                 "composition": "phi_AB = given o R_1 o ... o R_k" if self.given
                 else "phi_AB = R_1 o ... o R_k",
                 "start": "given prediction" if self.given else "identity",
+                "given_map_in_io": table if self.given else None,
                 "parameters": int(sum(p.numel() for p in self.refinements.parameters()))}
 
 
