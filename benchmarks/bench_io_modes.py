@@ -106,7 +106,7 @@ def table(rows: list) -> str:
     for r in rows:
         lines.append(f"| {r['mode']} | {r['seed']} | {r['lm_before']:.2f} | {r['lm_mean']:.2f} | "
                      f"{r['lm_p95']:.2f} | {r['reduction_pct']:.1f} | "
-                     f"{r['folding_pct_mask']:.4f} | {r['ic_mm']:.4f} | {r['files_vox']:.4f} | "
+                     f"{r['folding_pct_mask']:.4f} | {r['ic_mm']:.2g} | {r['files_vox']:.2g} | "
                      f"{r['io_s']:.0f} | {r['wall_s']:.0f} | {r['peak_mb']:.0f} |")
     return "\n".join(lines)
 
