@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nephi.config import load_defaults, set_dotted
-from nephi.derivatives import METHODS, jacobian
+from nephi.derivatives import NEPHI_METHODS, Composition, jacobian
 from nephi.geometry import Grid
 from nephi.losses import gradicon
 from nephi.networks import FieldConfig, Latent, NephiFields
@@ -42,14 +42,12 @@ def gradicon_table(device, repeats: int, points: int) -> None:
     latent = Latent.random(1, cfg, 1.0, device=device)
     x = (torch.rand(1, points, 3, device=device) * 2 - 1)
 
-    def composed(p):
-        return fields.phi_ab(fields.phi_ba(p, latent), latent)
-
+    composed = Composition(fields.map_ab(latent), fields.map_ba(latent))
     exact = jacobian(composed, x, "autograd").detach()
     print(f"\nGradICON loss + backward, {points} points, 3-D, default network (2 x 512)\n")
     print("| strategy | s/step | points/s | median max-abs error vs autograd |")
     print("|---|---|---|---|")
-    for method in METHODS:
+    for method in NEPHI_METHODS:
         def step():
             fields.zero_grad(set_to_none=True)
             gradicon(jacobian(composed, x, method)).backward()
@@ -68,7 +66,7 @@ def io_table(device, repeats: int, shape=(64, 64, 64)) -> None:
     print(f"\nOne IO step (eq. 8 loss + backward + Adam), {shape[0]}^3 images, default network\n")
     print("| jacobian | points | reg points | s/step | 500 steps (min) |")
     print("|---|---|---|---|---|")
-    for method in ("autograd", "fd"):
+    for method in ("autograd", "analytic", "fd"):
         for points, reg in ((1024, 256), (2048, 512), (4096, 1024), (8192, 2048)):
             cfg = set_dotted(base, "loss.jacobian", method)
             fcfg = FieldConfig(ndim=3)

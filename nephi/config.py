@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from importlib import resources
 
 import yaml
@@ -51,6 +52,9 @@ def merge(base: dict, update: dict, prefix: str = "", source: str = "config") ->
     return out
 
 
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _coerce(default, value, key: str, source: str):
     if default is None or value is None:
         return value
@@ -67,6 +71,8 @@ def _coerce(default, value, key: str, source: str):
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads '5e-4' (no dot) as text
         raise NephiInputError(f"{source}: key {key!r} must be a number, got {value!r}")
     if isinstance(default, str):
         if isinstance(value, str):

@@ -10,6 +10,9 @@ to whatever ``fn`` depends on (network weights, latent codes), as GradICON needs
 * ``"autograd"``: reverse mode with ``create_graph=True``, d backward passes. Exact, but fn must
   be twice differentiable in x (nephi's latent interpolation is; ``grid_sample`` is not).
 * ``"forward"``: forward-mode AD (``torch.func.jvp``), d passes. Exact, same requirement.
+* ``"analytic"``: for maps that provide ``value_and_jacobian(x)`` (NePhi's field maps and their
+  :class:`Composition`): the derivatives are carried through the network beside the values in
+  one pass. Exact, and first-order backpropagation suffices.
 
 ``benchmarks/bench_jacobian.py`` measures their speed and agreement; the default is chosen there.
 """
@@ -21,6 +24,7 @@ from typing import Callable
 import torch
 
 METHODS = ("fd", "fd-central", "autograd", "forward")
+NEPHI_METHODS = METHODS + ("analytic",)  # for maps with value_and_jacobian (NePhi field maps)
 
 PointMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -35,7 +39,33 @@ def jacobian(fn: PointMap, x: torch.Tensor, method: str = "fd", eps: float = 1e-
         return _reverse_mode(fn, x)
     if method == "forward":
         return _forward_mode(fn, x)
-    raise ValueError(f"unknown Jacobian method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "analytic":
+        if not hasattr(fn, "value_and_jacobian"):
+            raise ValueError("the 'analytic' Jacobian needs a map with value_and_jacobian "
+                             f"(NePhi field maps); choose one of {', '.join(METHODS)}")
+        return fn.value_and_jacobian(x)[1]
+    raise ValueError(f"unknown Jacobian method {method!r}; choose one of "
+                     f"{', '.join(NEPHI_METHODS)}")
+
+
+class Composition:
+    """The point map x -> outer(inner(x)) on (B, N, d) points.
+
+    ``value_and_jacobian`` applies the chain rule, J = J_outer(inner(x)) J_inner(x), when both
+    maps provide it (the ``"analytic"`` method).
+    """
+
+    def __init__(self, outer: PointMap, inner: PointMap):
+        self.outer = outer
+        self.inner = inner
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer(self.inner(x))
+
+    def value_and_jacobian(self, x: torch.Tensor) -> tuple:
+        y, j_inner = self.inner.value_and_jacobian(x)
+        z, j_outer = self.outer.value_and_jacobian(y)
+        return z, j_outer @ j_inner
 
 
 def _steps(x: torch.Tensor, eps: float) -> torch.Tensor:

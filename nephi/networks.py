@@ -17,9 +17,10 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .sampling import interpolate_linear
+from .sampling import interpolate_linear, interpolate_linear_with_grad
 
 
 @dataclass
@@ -52,6 +53,13 @@ class Latent:
         zg = self.global_.unsqueeze(1).expand(-1, points.shape[1], -1)
         return torch.cat([zg, zl], dim=-1)
 
+    def at_with_grad(self, points: torch.Tensor) -> tuple:
+        """z(x) (B, N, 2C) and its spatial derivative (B, N, d, 2C) (zero for the z_g part)."""
+        zl, dzl = interpolate_linear_with_grad(self.local, points)
+        zg = self.global_.unsqueeze(1).expand(-1, points.shape[1], -1)
+        dzg = dzl.new_zeros(*dzl.shape[:3], zg.shape[-1])
+        return torch.cat([zg, zl], dim=-1), torch.cat([dzg, dzl], dim=-1)
+
     def detach_clone(self) -> "Latent":
         return Latent(self.global_.detach().clone(), self.local.detach().clone())
 
@@ -76,6 +84,17 @@ class FourierFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         proj = 2.0 * math.pi * (x @ self.freqs.T)
         return torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=-1)
+
+    def forward_with_tangents(self, x: torch.Tensor) -> tuple:
+        """gamma(x) (..., F) and d gamma / d x as tangents (..., d, F): row j is d gamma / d x_j."""
+        proj = 2.0 * math.pi * (x @ self.freqs.T)
+        d = x.shape[-1]
+        dproj = (2.0 * math.pi * self.freqs.T).expand(*x.shape[:-1], d, -1)
+        eye = torch.eye(d, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], d, d)
+        value = torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=-1)
+        tangents = torch.cat([eye, torch.cos(proj).unsqueeze(-2) * dproj,
+                              -torch.sin(proj).unsqueeze(-2) * dproj], dim=-1)
+        return value, tangents
 
 
 class ModulatedSiren(nn.Module):
@@ -115,6 +134,52 @@ class ModulatedSiren(nn.Module):
             h = g * torch.sin(self.cfg.omega0 * syn(h))
         return self.out(h)
 
+    def forward_with_jacobian(self, x: torch.Tensor, z: torch.Tensor, dz: torch.Tensor) -> tuple:
+        """u (B, N, d) and its exact spatial Jacobian du/dx (B, N, d, d), ``[..., i, j] = du_i/dx_j``.
+
+        ``dz`` (B, N, d, L) is dz/dx of the codes. The d directional derivatives are carried
+        through the layers beside the values (forward mode written out), so the result needs only
+        first-order backpropagation: no double backward, unlike reverse-mode Jacobians.
+        """
+        h, dh = self.embed.forward_with_tangents(x)
+        w0 = self.cfg.omega0
+        g = dg = None
+        for syn, mod in zip(self.synthesis, self.modulation):
+            if g is None:
+                a, da = mod(z), F.linear(dz, mod.weight)
+            else:
+                a = mod(torch.cat([g, z], dim=-1))
+                da = F.linear(torch.cat([dg, dz], dim=-1), mod.weight)
+            active = (a > 0).to(a.dtype).unsqueeze(-2)
+            g, dg = torch.relu(a), da * active
+            s = w0 * syn(h)
+            ds = w0 * F.linear(dh, syn.weight)
+            sin_s = torch.sin(s)
+            dh = dg * sin_s.unsqueeze(-2) + (g * torch.cos(s)).unsqueeze(-2) * ds
+            h = g * sin_s
+        return self.out(h), F.linear(dh, self.out.weight).transpose(-1, -2)
+
+
+class FieldMap:
+    """One direction of NePhi as a point map on frame coordinates: x -> x + u(x, z(x)).
+
+    Callable on points (B, N, d); ``value_and_jacobian`` also gives the exact spatial Jacobian
+    (B, N, d, d) without double backward (see :meth:`ModulatedSiren.forward_with_jacobian`).
+    """
+
+    def __init__(self, net: ModulatedSiren, latent: Latent):
+        self.net = net
+        self.latent = latent
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x, self.latent.at(x))
+
+    def value_and_jacobian(self, x: torch.Tensor) -> tuple:
+        z, dz = self.latent.at_with_grad(x)
+        u, du = self.net.forward_with_jacobian(x, z, dz)
+        eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+        return x + u, du + eye
+
 
 class NephiFields(nn.Module):
     """The forward and backward field networks of NePhi (separate weights, shared latent code).
@@ -129,11 +194,19 @@ class NephiFields(nn.Module):
         self.forward_net = ModulatedSiren(cfg, seed=seed)
         self.backward_net = ModulatedSiren(cfg, seed=seed + 1)
 
+    def map_ab(self, latent: Latent) -> FieldMap:
+        """phi_AB for this latent code: FIXED-frame points -> MOVING-frame points."""
+        return FieldMap(self.forward_net, latent)
+
+    def map_ba(self, latent: Latent) -> FieldMap:
+        """phi_BA for this latent code: MOVING-frame points -> FIXED-frame points."""
+        return FieldMap(self.backward_net, latent)
+
     def phi_ab(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
-        return x + self.forward_net(x, latent.at(x))
+        return self.map_ab(latent)(x)
 
     def phi_ba(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
-        return x + self.backward_net(x, latent.at(x))
+        return self.map_ba(latent)(x)
 
     def forward(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
         return self.phi_ab(x, latent)
@@ -144,5 +217,5 @@ def field_config_from_dict(d: dict) -> FieldConfig:
     return FieldConfig(**{k: v for k, v in d.items() if k in known})
 
 
-__all__ = ["FieldConfig", "Latent", "FourierFeatures", "ModulatedSiren", "NephiFields",
+__all__ = ["FieldConfig", "Latent", "FourierFeatures", "ModulatedSiren", "FieldMap", "NephiFields",
            "field_config_from_dict"]

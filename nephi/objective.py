@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .derivatives import jacobian
+from .derivatives import Composition, jacobian
 from .losses import Term, gradicon, latent_prior, similarity_terms
 from .networks import Latent, NephiFields
 from .pair import PairTensors
@@ -40,7 +40,7 @@ def nephi_terms(fields: NephiFields, latent: Latent, pair: PairTensors, loss_cfg
                                   lambda p: fields.phi_ba(p, latent), y, weights, offsets))
 
     r = pair.sample_fixed_points(reg_points, generator, in_mask=False)
-    jac = jacobian(lambda p: fields.phi_ab(fields.phi_ba(p, latent), latent), r,
+    jac = jacobian(Composition(fields.map_ab(latent), fields.map_ba(latent)), r,
                    method=loss_cfg["jacobian"], eps=loss_cfg["fd_eps"])
     reg = gradicon(jac)
     prior = latent_prior(latent, sigma)

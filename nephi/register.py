@@ -27,6 +27,7 @@ import torch
 from . import __version__
 from .config import require_positive
 from .dense import dense_fields
+from .derivatives import NEPHI_METHODS
 from .errors import NephiInputError
 from .export import save_scalar, write_displacement_field
 from .itk_transform import write_displacement_h5
@@ -75,9 +76,9 @@ def validate_config(cfg: dict) -> None:
     if not isinstance(steps, int) or steps < 0:
         name = names.get("optim.steps", "config key optim.steps")
         raise NephiInputError(f"{name}: must be a non-negative integer, got {steps!r}")
-    if cfg["loss"]["jacobian"] not in ("fd", "fd-central", "autograd", "forward"):
+    if cfg["loss"]["jacobian"] not in NEPHI_METHODS:
         raise NephiInputError(f"config key loss.jacobian: {cfg['loss']['jacobian']!r} is not one "
-                              "of fd, fd-central, autograd, forward")
+                              f"of {', '.join(NEPHI_METHODS)}")
     for key in ("lambda_reg", "lambda_prior"):
         if cfg["loss"][key] < 0:
             raise NephiInputError(f"config key loss.{key}: must be >= 0")

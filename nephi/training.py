@@ -49,7 +49,7 @@ from . import __version__
 from .config import load_defaults, merge, parse_override, read_yaml, require_positive, set_dotted
 from .dataset import PairDataset, PairFile
 from .dense import evaluate_chunked
-from .derivatives import jacobian_determinant_dense
+from .derivatives import NEPHI_METHODS, jacobian_determinant_dense
 from .encoder import EncoderConfig, RegistrationNet
 from .errors import NephiInputError
 from .geometry import Grid
@@ -100,9 +100,9 @@ def validate_config(cfg: dict) -> None:
     if cfg["val"]["metric"] not in ("auto", *METRICS):
         raise NephiInputError(f"config key val.metric: {cfg['val']['metric']!r} is not one of "
                               f"auto, {', '.join(METRICS)}")
-    if cfg["loss"]["jacobian"] not in ("fd", "fd-central", "autograd", "forward"):
+    if cfg["loss"]["jacobian"] not in NEPHI_METHODS:
         raise NephiInputError(f"config key loss.jacobian: {cfg['loss']['jacobian']!r} is not one "
-                              "of fd, fd-central, autograd, forward")
+                              f"of {', '.join(NEPHI_METHODS)}")
     if cfg["data"]["build"] not in ("none", "synthetic-lung", "triangles-circles"):
         raise NephiInputError(f"config key data.build: {cfg['data']['build']!r} is not one of "
                               "none, synthetic-lung, triangles-circles")

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
-from nephi.derivatives import jacobian
+from nephi.derivatives import Composition, jacobian
 from nephi.losses import gradicon, latent_prior, ncc, ncc_similarity
 from nephi.networks import FieldConfig, Latent, NephiFields
+from nephi.sampling import interpolate_linear, interpolate_linear_with_grad
 
 
 def test_ncc_values():
@@ -69,3 +70,38 @@ def test_jacobian_strategies_agree_on_nephi_composition(d):
     assert abs(float(gradicon(central)) - float(gradicon(exact))) < 1e-3 * float(gradicon(exact))
     exact.sum().backward()
     assert fields.forward_net.out.weight.grad is not None
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_analytic_jacobian_matches_autograd_with_parameter_gradients(d):
+    """The analytic Jacobian of phi_AB o phi_BA equals reverse mode, and so do the gradients of
+    the GradICON loss with respect to weights and latent codes (first-order backprop only)."""
+    fields, latent = random_fields(d)
+    latent = Latent(latent.global_.requires_grad_(), latent.local.requires_grad_())
+    composed = Composition(fields.map_ab(latent), fields.map_ba(latent))
+    x = torch.rand(1, 150, d, dtype=torch.float64) * 2.4 - 1.2  # some points outside the grid
+    exact = jacobian(composed, x, "autograd")
+    analytic = jacobian(composed, x, "analytic")
+    assert torch.allclose(analytic, exact, atol=1e-12)
+    assert torch.allclose(composed.value_and_jacobian(x)[0], composed(x), atol=1e-14)
+    params = list(fields.parameters()) + [latent.global_, latent.local]
+    g_exact = torch.autograd.grad(gradicon(exact), params, allow_unused=True)
+    g_analytic = torch.autograd.grad(gradicon(analytic), params, allow_unused=True)
+    for a, b in zip(g_exact, g_analytic):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, atol=1e-10)
+    with pytest.raises(ValueError, match="value_and_jacobian"):
+        jacobian(lambda p: p * 2.0, x, "analytic")
+
+
+def test_interpolation_gradient_is_the_derivative():
+    torch.manual_seed(1)
+    values = torch.randn(2, 3, 5, 6, 7, dtype=torch.float64)
+    p = (torch.rand(2, 40, 3, dtype=torch.float64) * 2.6 - 1.3).requires_grad_()
+    value, grad = interpolate_linear_with_grad(values, p)
+    assert torch.equal(value, interpolate_linear(values, p))
+    rows = [torch.autograd.grad(value[..., c].sum(), p, retain_graph=True)[0] for c in range(3)]
+    assert torch.allclose(grad, torch.stack(rows, dim=-1), atol=1e-12)
+    outside = (p.abs() > 1).any(-1)
+    assert outside.any() and (~outside).any()

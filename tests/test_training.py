@@ -217,7 +217,8 @@ def test_synthetic_and_tc_builders(tmp_path):
 # ----------------------------------------------------------------------------- schedule, batches
 def test_lr_schedule_and_step_batches():
     cfg = resolve_config(SMOKE, ["train.steps=100", "train.warmup_steps=10",
-                                 "train.min_lr_ratio=0.1"])
+                                 "train.min_lr_ratio=0.1", "train.lr=5e-4"])
+    assert cfg["train"]["lr"] == 5e-4  # YAML 1.1 reads '5e-4' as text; overrides take it
     assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 9) == pytest.approx(1.0)
     assert lr_factor(cfg, 100) == pytest.approx(0.1)
     full = list(StepBatches(10, 2, rank=1, world=2, start=0, stop=6, seed=3))
