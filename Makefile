@@ -8,7 +8,7 @@ STAMP := $(VENV)/.nephi-installed
 TORCH := torch==2.13.0
 DEMO := demo_output
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench train-lung clean
 
 install: $(STAMP)
 
@@ -30,19 +30,29 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# `make train-lung`: train configs/lung_cpu.yaml (synthetic lung population, data built on first
+# use) into runs/lung_cpu; `make bench` trains it first when the checkpoint is missing.
 # `make bench`: peers benchmark (benchmarks/bench_peers.py -> benchmarks/results/), then the
-# GradICON Jacobian benchmark. CHECKPOINT=path adds the feed-forward rows (default: the
-# configs/lung_cpu.yaml checkpoint when it exists); BENCH_ARGS=--quick for a short smoke run.
+# GradICON Jacobian benchmark. CHECKPOINT=path uses another checkpoint; BENCH_ARGS=--quick for a
+# short smoke run.
 BENCH_STAMP := $(VENV)/.nephi-bench-installed
-CHECKPOINT ?= $(wildcard runs/lung_cpu/best.pt)
+LUNG_CKPT := runs/lung_cpu/checkpoints/best.pt
+CHECKPOINT ?= $(LUNG_CKPT)
 BENCH_ARGS ?=
+ACCELERATE_CPU := --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
-	$(PY) benchmarks/bench_peers.py $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(BENCH_ARGS)
+train-lung: $(LUNG_CKPT)
+
+$(LUNG_CKPT): | $(STAMP)
+	$(VENV)/bin/accelerate launch $(ACCELERATE_CPU) train/train.py --config configs/lung_cpu.yaml \
+		--output-dir runs/lung_cpu $(if $(wildcard runs/lung_cpu/checkpoints/step_*.pt),--resume)
+
+bench: $(BENCH_STAMP) $(CHECKPOINT)
+	$(PY) benchmarks/bench_peers.py --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
 	$(PY) benchmarks/bench_jacobian.py
 
 clean:

@@ -47,19 +47,6 @@ class Latent:
     global_: torch.Tensor
     local: torch.Tensor
 
-    def at(self, points: torch.Tensor) -> torch.Tensor:
-        """z(x) = [z_g, z_l(x)] at points (B, N, d) -> (B, N, 2C)."""
-        zl = interpolate_linear(self.local, points)
-        zg = self.global_.unsqueeze(1).expand(-1, points.shape[1], -1)
-        return torch.cat([zg, zl], dim=-1)
-
-    def at_with_grad(self, points: torch.Tensor) -> tuple:
-        """z(x) (B, N, 2C) and its spatial derivative (B, N, d, 2C) (zero for the z_g part)."""
-        zl, dzl = interpolate_linear_with_grad(self.local, points)
-        zg = self.global_.unsqueeze(1).expand(-1, points.shape[1], -1)
-        dzg = dzl.new_zeros(*dzl.shape[:3], zg.shape[-1])
-        return torch.cat([zg, zl], dim=-1), torch.cat([dzg, dzl], dim=-1)
-
     def detach_clone(self) -> "Latent":
         return Latent(self.global_.detach().clone(), self.local.detach().clone())
 
@@ -98,7 +85,7 @@ class FourierFeatures(nn.Module):
 
 
 class ModulatedSiren(nn.Module):
-    """u(x, z): displacement (B, N, d) in frame units from points (B, N, d) and codes (B, N, L)."""
+    """u(x, z): displacement (B, N, d) in frame units from points (B, N, d) and the code z(x)."""
 
     def __init__(self, cfg: FieldConfig, seed: int = 0):
         super().__init__()
@@ -126,32 +113,56 @@ class ModulatedSiren(nn.Module):
             self.out.weight.zero_()
             self.out.bias.zero_()
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def _modulation_parts(self, layer: int) -> tuple:
+        """Weight blocks of modulation layer ``layer`` acting on (g, z_g, z_l)."""
+        w = self.modulation[layer].weight
+        c = self.cfg.latent_channels
+        h = 0 if layer == 0 else self.cfg.hidden
+        return w[:, :h], w[:, h:h + c], w[:, h + c:]
+
+    def forward(self, x: torch.Tensor, z_global: torch.Tensor, z_local: torch.Tensor) -> torch.Tensor:
+        """u at points x (B, N, d) given z_g (B, C) and z_l interpolated at x (B, N, C).
+
+        The modulation layers see [g, z_g, z_l]; the z_g part is constant over the points and is
+        folded into the bias. Without autograd (dense evaluation) the activations are computed
+        in place.
+        """
+        inplace = not torch.is_grad_enabled()
         h = self.embed(x)
         g = None
-        for syn, mod in zip(self.synthesis, self.modulation):
-            g = torch.relu(mod(z if g is None else torch.cat([g, z], dim=-1)))
-            h = g * torch.sin(self.cfg.omega0 * syn(h))
+        for layer, (syn, mod) in enumerate(zip(self.synthesis, self.modulation)):
+            w_g, w_zg, w_zl = self._modulation_parts(layer)
+            bias = (z_global @ w_zg.T + mod.bias).unsqueeze(1)
+            a = F.linear(z_local, w_zl)
+            a = a.add_(bias) if inplace else a + bias
+            if g is not None:
+                a = a.add_(F.linear(g, w_g)) if inplace else a + F.linear(g, w_g)
+            g = a.relu_() if inplace else torch.relu(a)
+            s = syn(h)
+            if self.cfg.omega0 != 1.0:
+                s = s * self.cfg.omega0
+            h = s.sin_().mul_(g) if inplace else g * torch.sin(s)
         return self.out(h)
 
-    def forward_with_jacobian(self, x: torch.Tensor, z: torch.Tensor, dz: torch.Tensor) -> tuple:
+    def forward_with_jacobian(self, x: torch.Tensor, z_global: torch.Tensor, z_local: torch.Tensor,
+                              dz_local: torch.Tensor) -> tuple:
         """u (B, N, d) and its exact spatial Jacobian du/dx (B, N, d, d), ``[..., i, j] = du_i/dx_j``.
 
-        ``dz`` (B, N, d, L) is dz/dx of the codes. The d directional derivatives are carried
-        through the layers beside the values (forward mode written out), so the result needs only
+        ``dz_local`` (B, N, d, C) is dz_l/dx. The d directional derivatives are carried through
+        the layers beside the values (forward mode written out), so the result needs only
         first-order backpropagation: no double backward, unlike reverse-mode Jacobians.
         """
         h, dh = self.embed.forward_with_tangents(x)
         w0 = self.cfg.omega0
         g = dg = None
-        for syn, mod in zip(self.synthesis, self.modulation):
-            if g is None:
-                a, da = mod(z), F.linear(dz, mod.weight)
-            else:
-                a = mod(torch.cat([g, z], dim=-1))
-                da = F.linear(torch.cat([dg, dz], dim=-1), mod.weight)
-            active = (a > 0).to(a.dtype).unsqueeze(-2)
-            g, dg = torch.relu(a), da * active
+        for layer, (syn, mod) in enumerate(zip(self.synthesis, self.modulation)):
+            w_g, w_zg, w_zl = self._modulation_parts(layer)
+            a = F.linear(z_local, w_zl) + (z_global @ w_zg.T + mod.bias).unsqueeze(1)
+            da = F.linear(dz_local, w_zl)
+            if g is not None:
+                a = a + F.linear(g, w_g)
+                da = da + F.linear(dg, w_g)
+            g, dg = torch.relu(a), da * (a > 0).to(a.dtype).unsqueeze(-2)
             s = w0 * syn(h)
             ds = w0 * F.linear(dh, syn.weight)
             sin_s = torch.sin(s)
@@ -172,11 +183,11 @@ class FieldMap:
         self.latent = latent
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x, self.latent.at(x))
+        return x + self.net(x, self.latent.global_, interpolate_linear(self.latent.local, x))
 
     def value_and_jacobian(self, x: torch.Tensor) -> tuple:
-        z, dz = self.latent.at_with_grad(x)
-        u, du = self.net.forward_with_jacobian(x, z, dz)
+        z_local, dz_local = interpolate_linear_with_grad(self.latent.local, x)
+        u, du = self.net.forward_with_jacobian(x, self.latent.global_, z_local, dz_local)
         eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
         return x + u, du + eye
 
