@@ -120,7 +120,7 @@ def voxel_gradicon_loss(net: UNet, moving: torch.Tensor, fixed: torch.Tensor,
 
 # ----------------------------------------------------------------------------- one measurement
 def measure(method: str, ndim: int, size: int, batch: int, steps: int, points: int,
-            reg_points: int, device: str) -> dict:
+            reg_points: int, device: str, jacobian: str | None = None) -> dict:
     from nephi.geometry import Grid
     from nephi.training import TrainStep, build_net, resolve_config
 
@@ -130,7 +130,7 @@ def measure(method: str, ndim: int, size: int, batch: int, steps: int, points: i
     moving = torch.rand(batch, 1, *shape, device=dev)
     fixed = torch.rand(batch, 1, *shape, device=dev)
     if method == "nephi":
-        cfg = resolve_config(None, [])
+        cfg = resolve_config(None, [f"loss.jacobian={jacobian}"] if jacobian else [])
         net = build_net(cfg, shape).to(dev)
         model = TrainStep(net, Grid(shape, torch.eye(ndim + 1).numpy()), cfg)
         gen = torch.Generator().manual_seed(0)
@@ -184,6 +184,10 @@ def main(argv=None) -> int:
     p.add_argument("--reg-points", type=int, default=1024, help="NePhi GradICON points (1024)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per measurement")
+    p.add_argument("--jacobians", nargs="*", default=None,
+                   help="NePhi GradICON Jacobian strategies, one row each (default: train.yaml's)")
+    p.add_argument("--methods", nargs="*", default=["nephi", "voxel-gradicon"],
+                   choices=["nephi", "voxel-gradicon"])
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -202,25 +206,28 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     jobs = [(2, s) for s in args.sizes2d] + [(3, s) for s in args.sizes3d]
     for ndim, size in jobs:
-        for method in ("nephi", "voxel-gradicon"):
+        variants = [(m, j) for m in args.methods
+                    for j in ((args.jacobians or [None]) if m == "nephi" else [None])]
+        for method, jac in variants:
             job = {"method": method, "ndim": ndim, "size": size, "batch": args.batch,
                    "steps": args.steps, "points": args.points, "reg_points": args.reg_points,
-                   "device": args.device}
+                   "device": args.device, "jacobian": jac}
             label = f"{size}^{ndim}"
+            name = f"{method} ({jac})" if jac else method
             try:
                 res = subprocess.run([sys.executable, os.path.abspath(__file__), "--one",
                                       json.dumps(job)], capture_output=True, text=True,
                                      timeout=args.timeout)
             except subprocess.TimeoutExpired:
-                print(f"| {label} | {method} | | timeout | |", flush=True)
+                print(f"| {label} | {name} | | timeout | |", flush=True)
                 continue
             if res.returncode != 0:
                 tail = res.stderr.strip().splitlines()[-1:] or ["failed"]
                 why = "OOM" if "out of memory" in res.stderr.lower() else tail[0][:60]
-                print(f"| {label} | {method} | | {why} | |", flush=True)
+                print(f"| {label} | {name} | | {why} | |", flush=True)
                 continue
             out = json.loads(res.stdout.strip().splitlines()[-1])
-            print(f"| {label} | {method} | {out['params_m']:.2f} | {out['peak_mb']:.0f} | "
+            print(f"| {label} | {name} | {out['params_m']:.2f} | {out['peak_mb']:.0f} | "
                   f"{out['step_s']:.3f} |", flush=True)
     return 0
 

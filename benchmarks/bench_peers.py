@@ -12,7 +12,7 @@ method on every pair, each run in its own subprocess, and writes ``benchmarks/re
 Pairs (held out: none of them is in any training set of ``configs/``)
     synthetic lung CT pairs (``data_prep.synthetic_lung``, moving = exhale, fixed = inhale,
     motion 14 mm, 300 vessel landmarks, lung masks) at 64^3 x 4 mm and 128^3 x 2 mm with seeds
-    from 9000 (``configs/lung_cpu.yaml`` trains on seeds 1000-1099); 2-D Triangles & Circles
+    from 9000 (``configs/lung_cpu.yaml`` trains on seeds 1000-1149); 2-D Triangles & Circles
     pairs (128^2, solid and hollow, label maps) with seeds from 9100.
 
 Measurements, the same for every method
@@ -831,7 +831,7 @@ def main(argv=None) -> int:
                      labels, groups)
     elapsed = time.perf_counter() - started
     md = report(date, command, args, cfg, specs, skipped, not_applicable, rows, groups, labels,
-                scaling, plots, elapsed, use_mask, records)
+                scaling, plots, elapsed, use_mask, records, trained)
     with open(os.path.join(out, "results.md"), "w") as fh:
         fh.write(md)
     print(md)
@@ -925,9 +925,11 @@ def load_text(records: list, threads: int) -> str:
 
 
 def report(date, command, args, cfg, specs, skipped, not_applicable, rows, groups, labels,
-           scaling, plots, elapsed, use_mask, records=()) -> str:
-    """The markdown of results.md."""
+           scaling, plots, elapsed, use_mask, records=(), trained=None) -> str:
+    """The markdown of results.md; ``trained``: the checkpoint's training seeds, if known."""
     m = machine_info()
+    trained_text = (f"; the checkpoint was trained on seeds {trained.start}-{trained.stop - 1}"
+                    if trained else "")
     lines = [
         "# nephi peer benchmark",
         "",
@@ -942,8 +944,8 @@ def report(date, command, args, cfg, specs, skipped, not_applicable, rows, group
         "always get both lung masks (the network's preprocessing uses them when it was trained "
         "on masked images)",
         f"- pairs (held out): synthetic lung CT (moving = exhale, fixed = inhale, motion "
-        f"{MOTION_MM:g} mm, {N_LANDMARKS} landmarks, seeds from {LUNG_SEED}; "
-        "configs/lung_cpu.yaml trains on seeds 1000-1099) and 2-D Triangles & Circles "
+        f"{MOTION_MM:g} mm, {N_LANDMARKS} landmarks, seeds from {LUNG_SEED}{trained_text}) "
+        "and 2-D Triangles & Circles "
         f"(seeds from {TC_SEED}, solid and hollow); {cfg['profile']} settings",
         "- TRE: fixed landmarks mapped into moving space by each method's own point mapping vs the "
         "true moving landmarks, pooled over the pairs of a group (mean and 95th percentile); "

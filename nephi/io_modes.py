@@ -371,7 +371,7 @@ class NephiMode:
                             offsets=self.offsets)
         if self.reg.weights:
             r = pair.sample_fixed_points(int(opt["reg_points"]), generator, in_mask=False)
-            terms.update(self.reg.terms(self.phi_ab, r))
+            terms.update(self.reg.terms(self.fields.map_ab(self.latent), r))
         return terms
 
     def maps(self) -> tuple:

@@ -55,7 +55,7 @@ from typing import Callable, Optional
 import torch
 
 from . import losses
-from .derivatives import METHODS, jacobian
+from .derivatives import NEPHI_METHODS, Composition, jacobian
 
 PointMap = Callable[[torch.Tensor], torch.Tensor]
 
@@ -330,7 +330,7 @@ def _composition(fn: PointMap, inverse_fn: Optional[PointMap]) -> PointMap:
     if inverse_fn is None:
         raise ValueError("the gradicon term needs inverse_fn: its Jacobian is that of "
                          "fn(inverse_fn(x)), i.e. phi_AB(phi_BA(x))")
-    return lambda p: fn(inverse_fn(p))
+    return Composition(fn, inverse_fn)
 
 
 def _jacobian_value(name: str, J: torch.Tensor, params: dict) -> torch.Tensor:
@@ -416,7 +416,8 @@ def regularizer_terms(fn: PointMap, x: torch.Tensor, weights: dict, method: str 
 
     ``fn`` (B, N, d) -> (B, N, d) at points ``x`` (B, N, d); ``method``/``eps``: first-derivative
     strategy and step of :func:`nephi.derivatives.jacobian` (and the second-derivative method of
-    the bending energy, see :func:`hessian`). J = d fn / d x is computed once and shared by
+    the bending energy, see :func:`hessian`; ``"analytic"``, for maps with ``value_and_jacobian``,
+    takes its Hessian by ``"autograd"``). J = d fn / d x is computed once and shared by
     ``jacobian_det``, ``negative_det``, ``diffusion`` and ``hyperelastic``; with
     ``method="autograd"`` the bending energy reuses the same forward pass. ``gradicon`` uses the
     Jacobian of ``fn(inverse_fn(x))`` (phi_AB(phi_BA(x))) and needs ``inverse_fn``.
@@ -438,8 +439,8 @@ def regularizer_terms(fn: PointMap, x: torch.Tensor, weights: dict, method: str 
     unknown = sorted(set(params) - set(TERM_PARAMS))
     if unknown:
         raise ValueError(f"unknown regularizer parameter(s) {unknown}; choose from {TERM_PARAMS}")
-    if method not in METHODS:
-        raise ValueError(f"unknown derivative method {method!r}; choose one of {METHODS}")
+    if method not in NEPHI_METHODS:
+        raise ValueError(f"unknown derivative method {method!r}; choose one of {NEPHI_METHODS}")
     coords = coords or ("mm" if mm_per_unit is not None else "normalized")
     units = _units(coords)
     need_j = any(name in JACOBIAN_TERMS for name in weights)
@@ -451,8 +452,9 @@ def regularizer_terms(fn: PointMap, x: torch.Tensor, weights: dict, method: str 
     else:
         if need_j:
             J = jacobian(fn, x, method, eps)
-        if need_h:
-            H = hessian(fn, x, method, params.get("bending_eps"))
+        if need_h:  # "analytic" carries first derivatives only: Hessians by reverse mode
+            H = hessian(fn, x, "autograd" if method == "analytic" else method,
+                        params.get("bending_eps"))
     if J is not None:
         J = _maybe_mm(J, mm_per_unit)
     if H is not None and mm_per_unit is not None:
