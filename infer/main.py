@@ -164,6 +164,8 @@ def check_options(args, cfg: dict) -> None:
         key = _mode_key(mode, option)
         section, name = key.split(".")
         value = cfg[section][name]
+        if value is None and key == "optim.lr":
+            continue  # automatic: nephi.io_modes.NEPHI_LR
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise NephiInputError(f"{_option_name(args, key, mode)}: must be positive, "
                                   f"got {value!r}")

@@ -56,6 +56,8 @@ _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _coerce(default, value, key: str, source: str):
+    if default is None and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # a number for a key whose default is null (YAML 1.1 '5e-4')
     if default is None or value is None:
         return value
     if isinstance(default, bool):
@@ -115,11 +117,15 @@ def get(cfg: dict, dotted: str):
     return node
 
 
-def require_positive(cfg: dict, keys: list, option_names: dict | None = None) -> None:
-    """Raise NephiInputError naming the option (or key) whose value is not > 0."""
+def require_positive(cfg: dict, keys: list, option_names: dict | None = None,
+                     allow_null: bool = False) -> None:
+    """Raise NephiInputError naming the option (or key) whose value is not > 0 (or null, when
+    ``allow_null``: an automatic default)."""
     option_names = option_names or {}
     for key in keys:
         value = get(cfg, key)
+        if allow_null and value is None:
+            continue
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             name = option_names.get(key, f"config key {key}")
             raise NephiInputError(f"{name}: must be positive, got {value!r}")

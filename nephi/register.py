@@ -70,8 +70,9 @@ def validate_config(cfg: dict) -> None:
     """
     validate_io_config(cfg)
     names = OPTION_NAMES if cfg["io"]["mode"] == "nephi" else {}
-    require_positive(cfg, ["optim.points", "optim.reg_points", "optim.lr", "optim.latent_lr",
-                           "latent.sigma", "output.chunk", "loss.fd_eps"], names)
+    require_positive(cfg, ["optim.points", "optim.reg_points", "latent.sigma", "output.chunk",
+                           "loss.fd_eps"], names)
+    require_positive(cfg, ["optim.lr", "optim.latent_lr"], names, allow_null=True)
     steps = cfg["optim"]["steps"]
     if not isinstance(steps, int) or steps < 0:
         name = names.get("optim.steps", "config key optim.steps")

@@ -394,3 +394,22 @@ def test_cli_io_mode_sets_the_mode_and_its_options():
                                      "--io-steps", "0"])
     with pytest.raises(NephiInputError, match="--io-steps"):
         check_options(bad, resolve_config(bad))
+
+
+def test_nephi_learning_rates_from_scratch_when_refining_and_explicit(shifted):
+    """Null optim.lr / optim.latent_lr: larger steps from scratch than when refining a
+    prediction; explicit values (also written as '3e-5' text) win."""
+    from nephi.config import set_dotted
+    from nephi.io_modes import NEPHI_LR
+
+    cfg = set_dotted(config("nephi"), "optim.lr", None)
+    pair = pair_tensors(load(shifted), cfg, torch.device("cpu"))
+    scratch = build_mode(cfg, pair)
+    refine = build_mode(cfg, pair, init=(scratch.fields, scratch.latent), io_params="latent")
+    for key in ("lr", "latent_lr"):
+        assert scratch.learning_rate(key) == NEPHI_LR["scratch"][key]
+        assert refine.learning_rate(key) == NEPHI_LR["refine"][key]
+        assert scratch.learning_rate(key) > refine.learning_rate(key)
+    explicit = build_mode(set_dotted(cfg, "optim.latent_lr", "3e-5"), pair)
+    assert explicit.learning_rate("latent_lr") == 3e-5
+    assert explicit.info()["latent_lr"] == 3e-5
