@@ -237,7 +237,6 @@ def _run(argv) -> int:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
     return run_cli("nephi-infer", _run, argv)
 
 

@@ -22,12 +22,13 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(EXIT_INPUT_ERROR)
 
 
-def run_cli(prog: str, fn: Callable[[list], int], argv: list) -> int:
-    """Run ``fn(argv)`` and return its exit status.
+def run_cli(prog: str, fn: Callable[[list], int], argv=None) -> int:
+    """Run ``fn(argv)`` (default: the process's arguments) and return its exit status.
 
     Input errors become one line on stderr and status 2; Ctrl-C one line and status 130;
     argparse's exits (usage errors, --help) their status, returned rather than raised.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
         return fn(argv)
     except NephiInputError as exc:

@@ -660,8 +660,6 @@ def main(argv=None, default_config: str | None = None) -> int:
     """Command line of ``train/train.py``."""
     from .cli import run_cli
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-
     def run(args_list) -> int:
         args = build_parser(default_config).parse_args(args_list)
         if args.resume:

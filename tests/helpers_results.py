@@ -29,7 +29,6 @@ from data_prep.synthetic_lung import make_lung_pair, voxel_centres
 from data_prep.triangles_circles import make_tc_pair, save_tc_pair_nifti
 from nephi.config import load_defaults, set_dotted
 from nephi.export import save_scalar, write_displacement_field
-from nephi.geometry import Grid
 from nephi.imageio import load_image, save_image
 from nephi.register import LoadedPair, register
 from nephi.resample import warp_image
@@ -122,10 +121,6 @@ def tc_result() -> dict:
     return {"root": root, "paths": paths, "out": out, "summary": summary}
 
 
-def grid_of_file(path: str) -> Grid:
-    return load_image(path, allow_nonfinite=True).grid
-
-
 def nifti_array(path: str) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj)
 
@@ -134,3 +129,19 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
     a = np.asarray(a, dtype=np.float64).ravel() - np.mean(a)
     b = np.asarray(b, dtype=np.float64).ravel() - np.mean(b)
     return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+def run_main(main, args, capsys) -> tuple:
+    """Run an entry point's ``main`` on ``args`` (stringified); (status, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_input_error(main, args, capsys, *words) -> None:
+    """``main(args)`` fails with status 2 and one stderr line containing every word."""
+    code, _, err = run_main(main, args, capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, err

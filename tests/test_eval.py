@@ -10,9 +10,8 @@ import shutil
 
 import nibabel as nib
 import numpy as np
-import pytest
 
-from helpers_results import lung_result, truth_result
+from helpers_results import assert_input_error as _assert_input_error, run_main
 from infer.evaluate import main as eval_main
 from infer.warp import main as warp_main
 from nephi.evaluate import evaluate_result, landmark_metrics
@@ -23,20 +22,8 @@ from nephi.png import SIGNATURE
 from nephi.result import Result
 
 
-@pytest.fixture(scope="module")
-def lung():
-    return lung_result()
-
-
-@pytest.fixture(scope="module")
-def truth():
-    return truth_result()
-
-
 def run_eval(args, capsys):
-    code = eval_main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_main(eval_main, args, capsys)
 
 
 def read_rows(path) -> list:
@@ -158,11 +145,7 @@ def test_summary_records_inputs(lung):
 
 
 def assert_input_error(args, capsys, *words):
-    code, _, err = run_eval(args, capsys)
-    assert code == 2
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
+    _assert_input_error(eval_main, args, capsys, *words)
 
 
 def test_bad_inputs_one_line_exit_2(lung, tmp_path, capsys):

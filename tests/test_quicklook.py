@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from helpers_results import lung_result, tc_result, truth_result
+from helpers_results import lung_result, tc_result
 from nephi.font import _GLYPHS, draw_text, text_size
 from nephi.geometry import Grid
 from nephi.imageio import load_image
@@ -138,11 +138,6 @@ def test_jacobian_colours():
 
 
 # ----------------------------------------------------------------------------- panels
-@pytest.fixture(scope="module")
-def truth():
-    return truth_result()
-
-
 def truth_inputs(truth):
     result = Result(truth["out"])
     fixed = load_image(truth["paths"]["inhale"])

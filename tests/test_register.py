@@ -6,7 +6,6 @@ import sys
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from helpers_interop import Phantom, centred_grid, save_nifti
 from nephi.config import load_defaults, merge

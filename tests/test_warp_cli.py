@@ -9,14 +9,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers_results import grid_of_file, lung_result, ncc, nifti_array, truth_result
+from helpers_results import assert_input_error, ncc, nifti_array, run_main
 from infer.points import main as points_main
 from infer.warp import main as warp_main
 from nephi.geometry import lps_to_ras, ras_to_lps
 from nephi.imageio import load_image, load_points, save_points
 from nephi.landmarks import map_points
 from nephi.resample import mapped_index, warp_image
-from nephi.result import Result
+from nephi.result import Result, grid_of
 
 try:
     import SimpleITK as sitk
@@ -24,24 +24,10 @@ except ImportError:  # pragma: no cover - depends on the environment
     sitk = None
 
 
-@pytest.fixture(scope="module")
-def lung():
-    return lung_result()
-
-
-@pytest.fixture(scope="module")
-def truth():
-    return truth_result()
-
-
-def run(main, args, capsys):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def warp(capsys, result, image, out, *extra):
-    code, _, err = run(warp_main, ["--result", result, "--image", image, "--out", out, *extra],
+    code, _, err = run_main(warp_main, ["--result", result, "--image", image, "--out", out, *extra],
                        capsys)
     assert code == 0, err
     return nifti_array(out)
@@ -56,8 +42,8 @@ def test_warp_reproduces_warped_nii(lung, tmp_path, capsys):
     assert foreground.mean() > 0.1
     assert ncc(out[foreground], ref[foreground]) >= 0.999
     assert np.abs(out - ref).max() < 1.0  # HU, on values spanning about 1400 HU
-    assert grid_of_file(str(tmp_path / "w.nii.gz")).same_as(
-        grid_of_file(os.path.join(lung["out"], "warped.nii.gz")))
+    assert grid_of(str(tmp_path / "w.nii.gz")).same_as(
+        grid_of(os.path.join(lung["out"], "warped.nii.gz")))
 
 
 def test_integer_intensities_keep_their_type(truth, tmp_path, capsys):
@@ -148,8 +134,8 @@ def test_reference_grid_matches_simpleitk(truth, tmp_path, capsys):
     nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), affine), ref)
     out = warp(capsys, truth["out"], truth["paths"]["exhale"], tmp_path / "w.nii.gz",
                "--reference", ref)
-    ref_grid = grid_of_file(str(ref))
-    assert out.shape == shape and grid_of_file(str(tmp_path / "w.nii.gz")).same_as(ref_grid)
+    ref_grid = grid_of(str(ref))
+    assert out.shape == shape and grid_of(str(tmp_path / "w.nii.gz")).same_as(ref_grid)
 
     field = sitk.ReadImage(os.path.join(truth["out"], "warp.nii.gz"))
     transform = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
@@ -186,7 +172,7 @@ def test_inverse_brings_the_warped_image_back(truth, tmp_path, capsys):
     back = tmp_path / "back.nii.gz"
     warp(capsys, truth["out"], truth["paths"]["exhale"], forward)
     restored = warp(capsys, truth["out"], forward, back, "--inverse")
-    assert grid_of_file(str(back)).same_as(truth["moving_grid"])
+    assert grid_of(str(back)).same_as(truth["moving_grid"])
     fixed_in_moving = warp(capsys, truth["out"], truth["paths"]["inhale"],
                            tmp_path / "fixed_in_moving.nii.gz", "--inverse")
     without_motion = warp_image(load_image(truth["paths"]["inhale"]), None, truth["moving_grid"])
@@ -200,7 +186,7 @@ def test_inverse_brings_the_warped_image_back(truth, tmp_path, capsys):
 # ----------------------------------------------------------------------------- points
 def test_points_fixed_to_moving_equals_landmarks_moving_csv(lung, tmp_path, capsys):
     out = tmp_path / "mapped.csv"
-    code, stdout, err = run(points_main, ["--result", lung["out"], "--points",
+    code, stdout, err = run_main(points_main, ["--result", lung["out"], "--points",
                                           lung["paths"]["inhale_points"], "--out", out], capsys)
     assert code == 0, err
     assert "300 points fixed-to-moving" in stdout
@@ -212,7 +198,7 @@ def test_points_round_trip_within_inverse_consistency(lung, tmp_path, capsys):
     fixed_pts = lung["paths"]["inhale_points"]
     for src, dst, direction in ((fixed_pts, mapped, "fixed-to-moving"),
                                 (mapped, back, "moving-to-fixed")):
-        code, _, err = run(points_main, ["--result", lung["out"], "--points", src, "--out", dst,
+        code, _, err = run_main(points_main, ["--result", lung["out"], "--points", src, "--out", dst,
                                          "--direction", direction], capsys)
         assert code == 0, err
     err = np.linalg.norm(load_points(str(back), 3) - load_points(fixed_pts, 3), axis=1)
@@ -227,7 +213,7 @@ def test_points_with_true_motion_and_lps(truth, tmp_path, capsys):
     lps_in = tmp_path / "fixed_lps.csv"
     save_points(str(lps_in), ras_to_lps(lung.inhale_points))
     lps_out = tmp_path / "moving_lps.csv"
-    code, _, err = run(points_main, ["--result", truth["out"], "--points", lps_in, "--out",
+    code, _, err = run_main(points_main, ["--result", truth["out"], "--points", lps_in, "--out",
                                      lps_out, "--lps"], capsys)
     assert code == 0, err
     mapped_ras = lps_to_ras(load_points(str(lps_out), 3))
@@ -240,14 +226,6 @@ def test_points_with_true_motion_and_lps(truth, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------- bad input
-def assert_input_error(main, args, capsys, *words):
-    code, out, err = run(main, args, capsys)
-    assert code == 2
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in err, err
-
-
 def test_bad_inputs_one_line_exit_2(lung, truth, tmp_path, capsys):
     out = tmp_path / "o.nii.gz"
     image = lung["paths"]["exhale"]
