@@ -8,7 +8,8 @@ import sys
 
 from nephi.cli import run_cli
 from nephi.errors import NephiInputError
-from nephi.config import load_defaults, merge, parse_override, read_yaml, set_dotted
+from nephi.config import (load_defaults, merge, parse_override, read_yaml, require_positive,
+                          set_dotted)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,15 +161,11 @@ def check_options(args, cfg: dict) -> None:
                if steps == 0 and minimum == 1 else "")
         raise NephiInputError(f"{_option_name(args, steps_key, mode)}: must be an integer >= "
                               f"{minimum}, got {steps!r}{why}")
-    for option in ("points", "reg_points", "lr"):
-        key = _mode_key(mode, option)
-        section, name = key.split(".")
-        value = cfg[section][name]
-        if value is None and key == "optim.lr":
-            continue  # automatic: nephi.io_modes.NEPHI_LR
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise NephiInputError(f"{_option_name(args, key, mode)}: must be positive, "
-                                  f"got {value!r}")
+    keys = [_mode_key(mode, option) for option in ("points", "reg_points", "lr")]
+    names = {key: _option_name(args, key, mode) for key in keys}
+    require_positive(cfg, keys[:2], names)
+    # nephi's optim.lr may be null: automatic (nephi.io_modes.NEPHI_LR)
+    require_positive(cfg, keys[2:], names, allow_null=mode == "nephi")
 
 
 def _check_modes(args) -> None:

@@ -56,8 +56,9 @@ _FLOAT_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _coerce(default, value, key: str, source: str):
-    if default is None and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-        return float(value)  # a number for a key whose default is null (YAML 1.1 '5e-4')
+    if (default is None or isinstance(default, float)) and isinstance(value, str) \
+            and _FLOAT_TEXT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads '5e-4' (no dot) as text
     if default is None or value is None:
         return value
     if isinstance(default, bool):
@@ -73,8 +74,6 @@ def _coerce(default, value, key: str, source: str):
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads '5e-4' (no dot) as text
         raise NephiInputError(f"{source}: key {key!r} must be a number, got {value!r}")
     if isinstance(default, str):
         if isinstance(value, str):

@@ -13,7 +13,8 @@ network grid and predicts the hybrid latent code of :class:`nephi.networks.Laten
   about 16 per axis, not exactly (e.g. 22^3 for the paper's 175^3 lung volumes).
 
 The z_l grid covers the network frame [-1, 1]^d with the align_corners convention (cell i at
--1 + 2 i / (G - 1)), like the latent grid of pairwise NePhi; :meth:`Latent.at` works with any G.
+-1 + 2 i / (G - 1)), like the latent grid of pairwise NePhi; :class:`nephi.networks.FieldMap`
+works with any G.
 The same layer counts and widths are used in 2-D and 3-D (paper Fig. 7); only the convolution
 dimension changes.
 """

@@ -416,8 +416,8 @@ def regularizer_terms(fn: PointMap, x: torch.Tensor, weights: dict, method: str 
 
     ``fn`` (B, N, d) -> (B, N, d) at points ``x`` (B, N, d); ``method``/``eps``: first-derivative
     strategy and step of :func:`nephi.derivatives.jacobian` (and the second-derivative method of
-    the bending energy, see :func:`hessian`; ``"analytic"``, for maps with ``value_and_jacobian``,
-    takes its Hessian by ``"autograd"``). J = d fn / d x is computed once and shared by
+    the bending energy, see :func:`hessian`; with ``"analytic"``, for maps with
+    ``value_and_jacobian``, a bending term takes J and H from one reverse-mode pass). J = d fn / d x is computed once and shared by
     ``jacobian_det``, ``negative_det``, ``diffusion`` and ``hyperelastic``; with
     ``method="autograd"`` the bending energy reuses the same forward pass. ``gradicon`` uses the
     Jacobian of ``fn(inverse_fn(x))`` (phi_AB(phi_BA(x))) and needs ``inverse_fn``.
@@ -447,14 +447,14 @@ def regularizer_terms(fn: PointMap, x: torch.Tensor, weights: dict, method: str 
     need_h = "bending_energy" in weights
 
     J = H = None
-    if method == "autograd" and need_h:
+    if method in ("autograd", "analytic") and need_h:
+        # one reverse-mode pass gives both ("analytic" carries first derivatives only)
         J, H = _autograd_derivatives(fn, x)
     else:
         if need_j:
             J = jacobian(fn, x, method, eps)
-        if need_h:  # "analytic" carries first derivatives only: Hessians by reverse mode
-            H = hessian(fn, x, "autograd" if method == "analytic" else method,
-                        params.get("bending_eps"))
+        if need_h:
+            H = hessian(fn, x, method, params.get("bending_eps"))
     if J is not None:
         J = _maybe_mm(J, mm_per_unit)
     if H is not None and mm_per_unit is not None:
