@@ -409,7 +409,8 @@ def test_nephi_learning_rates_from_scratch_when_refining_and_explicit(shifted):
     for key in ("lr", "latent_lr"):
         assert scratch.learning_rate(key) == NEPHI_LR["scratch"][key]
         assert refine.learning_rate(key) == NEPHI_LR["refine"][key]
-        assert scratch.learning_rate(key) > refine.learning_rate(key)
+    assert (scratch.learning_rate("lr"), scratch.learning_rate("latent_lr")) == (3e-4, 1e-2)
+    assert (refine.learning_rate("lr"), refine.learning_rate("latent_lr")) == (1e-4, 1e-3)
     explicit = build_mode(set_dotted(cfg, "optim.latent_lr", "3e-5"), pair)
     assert explicit.learning_rate("latent_lr") == 3e-5
     assert explicit.info()["latent_lr"] == 3e-5

@@ -105,3 +105,18 @@ def test_interpolation_gradient_is_the_derivative():
     assert torch.allclose(grad, torch.stack(rows, dim=-1), atol=1e-12)
     outside = (p.abs() > 1).any(-1)
     assert outside.any() and (~outside).any()
+
+
+def test_regularizers_with_analytic_jacobian_match_autograd():
+    """nephi mode's extra regularizers under the default 'analytic' method: same values."""
+    from nephi.regularizers import regularizer_terms
+
+    fields, latent = random_fields(3)
+    x = torch.rand(1, 80, 3, dtype=torch.float64) * 1.6 - 0.8
+    weights = {"jacobian_det": 1.0, "negative_det": 1.0, "hyperelastic": 1.0, "diffusion": 1.0}
+    for extra in ({}, {"bending_energy": 1e-3}):
+        w = {**weights, **extra}
+        exact = regularizer_terms(fields.map_ab(latent), x, w, "autograd")
+        analytic = regularizer_terms(fields.map_ab(latent), x, w, "analytic")
+        for name in w:
+            assert torch.allclose(analytic[name].value, exact[name].value, rtol=1e-9), name
