@@ -31,8 +31,9 @@ Measurements, the same for every method
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_peers.py [--checkpoint runs/lung_cpu/best.pt] [--quick]
-        [--threads 2] [--masks supported|none] [--io-steps N] [--methods KEY ...] [--resume]
+    .venv/bin/python benchmarks/bench_peers.py [--checkpoint runs/lung_cpu/checkpoints/best.pt]
+        [--quick] [--threads 2] [--masks supported|none] [--io-steps N] [--methods KEY ...]
+        [--resume]
 """
 
 from __future__ import annotations
@@ -126,15 +127,27 @@ def _nephi_reg_seconds(out_dir: str) -> float:
         float(s.get("preprocess_seconds") or 0.0)
 
 
-NEPHI_DESCRIPTIONS = {
-    "nephi": "NePhi fields (2x512 modulated SIREN, z_g 32, z_l 32x16^d) + latent codes from "
-             "scratch, sym. NCC + GradICON (lambda 10) + prior 0.01, Adam, 2048 sim. / 512 "
-             "GradICON points per step",
-    "inr": "IDIR-style SIREN displacement network (3x256, omega0 30), NCC + hyperelastic "
-           "regularizer, Adam, 4096 / 2048 points per step, inverse by fixed-point iteration",
-    "velocity": "neural stationary velocity field (SIREN 3x128) integrated by torchdiffeq rk4 "
-                "(4 steps), NCC + hyperelastic, Adam, 4096 / 1024 points per step",
-}
+def nephi_description(mode: str) -> str:
+    """What an IO mode optimizes, with its point counts read from the pairwise defaults."""
+    from nephi.config import load_defaults
+
+    cfg = load_defaults("pairwise")
+    if mode == "nephi":
+        o = cfg["optim"]
+        return ("NePhi fields (2x512 modulated SIREN, z_g 32, z_l 32x16^d) + latent codes from "
+                "scratch, sym. NCC + GradICON (lambda 10) + prior 0.01, Adam, "
+                f"{o['points']} sim. / {o['reg_points']} GradICON points per step")
+    if mode == "inr":
+        i = cfg["inr"]
+        return ("IDIR-style SIREN displacement network (3x256, omega0 30), NCC + hyperelastic "
+                f"regularizer, Adam, {i['points']} / {i['reg_points']} points per step, inverse "
+                "by fixed-point iteration")
+    if mode == "velocity":
+        v = cfg["velocity"]
+        return ("neural stationary velocity field (SIREN 3x128) integrated by torchdiffeq "
+                f"{v['solver']} ({v['ode_steps']} steps), NCC + hyperelastic, Adam, "
+                f"{v['points']} / {v['reg_points']} points per step")
+    return mode
 
 
 def _shown(path: str) -> str:
@@ -150,7 +163,7 @@ def nephi_spec(mode: str, io_steps: Optional[int], checkpoint: Optional[str],
     steps_text = f"{io_steps} steps" if io_steps is not None else "default steps"
     if checkpoint is None:
         key, label = f"nephi-io-{mode}", f"nephi IO ({mode})"
-        desc = f"nephi-infer --io-mode {mode}, {steps_text}: {NEPHI_DESCRIPTIONS.get(mode, mode)}"
+        desc = f"nephi-infer --io-mode {mode}, {steps_text}: {nephi_description(mode)}"
     elif not ff_io:
         key, label = "nephi-ff", "nephi feed-forward"
         desc = (f"nephi-infer --checkpoint {_shown(checkpoint)} --io-steps 0: "

@@ -50,12 +50,13 @@ for net in (fields.forward_net, fields.backward_net):
 latent = Latent.random(1, fcfg, 1.0)
 latent = Latent(latent.global_.requires_grad_(), latent.local.requires_grad_())
 opt = torch.optim.Adam(list(fields.parameters()) + [latent.global_, latent.local])
-out = {}
+out, skipped = {}, []
 base = load_defaults("pairwise")
 for method in methods:
     try:
         cfg = set_dotted(base, "loss.jacobian", method)
     except Exception:
+        skipped.append(method)
         continue
     def step():
         opt.zero_grad(set_to_none=True)
@@ -65,6 +66,7 @@ for method in methods:
     try:
         step()
     except ValueError:
+        skipped.append(method)
         continue
     start = time.perf_counter()
     for _ in range(repeats):
@@ -78,7 +80,7 @@ start = time.perf_counter()
 for _ in range(repeats):
     dense_fields(ab, ba, moving, grid, grid, torch.device("cpu"))
 out["dense_export"] = (time.perf_counter() - start) / repeats
-print(json.dumps(out))
+print(json.dumps({"times": out, "skipped": skipped}))
 """
 
 
@@ -87,7 +89,10 @@ def measure(tree: str, size: int, repeats: int, methods: list) -> dict:
     done = subprocess.run([sys.executable, "-c", WORKER, str(size), str(repeats),
                            ",".join(methods)], capture_output=True, text=True, env=env,
                           cwd=tree, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["skipped"]:
+        print(f"{tree}: Jacobian strategies not available there: {', '.join(result['skipped'])}")
+    return result["times"]
 
 
 def main(argv=None) -> int:
