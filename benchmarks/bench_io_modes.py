@@ -2,7 +2,7 @@
 
 For every seed a synthetic inhale/exhale pair is drawn (:func:`data_prep.synthetic_lung.
 make_lung_pair`; default 64^3 voxels at 4 mm, ``motion_mm`` 14; moving = exhale, fixed =
-inhale) and registered by :func:`nephi.register.register` once per mode with the pairwise
+inhale) and registered by :func:`nephi.pipeline.pairwise.register` once per mode with the pairwise
 defaults of that mode (``--set KEY=VALUE`` overrides any config key for every mode). Each run is
 a fresh subprocess, so its peak memory is its own: on CPU the process's peak resident set size
 (MB, including the Python/torch baseline of a few hundred MB), on CUDA
@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 
 
 def make_pair(folder: str, shape, spacing, motion_mm: float, seed: int) -> None:
-    from data_prep.synthetic_lung import make_lung_pair
+    from nephi.data.synthetic_lung import make_lung_pair
 
     if not os.path.isfile(os.path.join(folder, "exhale_points.csv")):
         make_lung_pair(shape=shape, spacing=spacing, motion_mm=motion_mm, seed=seed).save(folder)
@@ -52,8 +52,8 @@ def worker(data: str, out: str, mode: str, sets: list, threads: int) -> None:
     """One registration (run in its own process); writes ``out``."""
     import torch
 
-    from nephi.config import load_defaults, parse_override, set_dotted
-    from nephi.register import LoadedPair, register
+    from nephi.config.loader import load_defaults, parse_override, set_dotted
+    from nephi.pipeline.pairwise import LoadedPair, register
 
     if threads > 0:
         torch.set_num_threads(threads)
@@ -70,10 +70,10 @@ def worker(data: str, out: str, mode: str, sets: list, threads: int) -> None:
 
 def composition_error_vox(out: str, mask: np.ndarray) -> float:
     """Mean over mask voxels of the round trip through the two exported fields, fixed voxels."""
-    from nephi.landmarks import map_points
-    from nephi.result import Result
+    from nephi.transforms.displacement import map_points
+    from nephi.results.result import Result
 
-    res = Result(out)
+    res = Result.load(out)
     fwd, inv = res.field(), res.field(inverse=True)
     index = np.argwhere(mask).astype(np.float64)
     p = fwd.grid.index_to_ras_points(index)
@@ -82,9 +82,9 @@ def composition_error_vox(out: str, mask: np.ndarray) -> float:
 
 
 def row(out: str, mask: np.ndarray, mode: str, seed: int) -> dict:
-    from nephi.result import Result
+    from nephi.results.result import Result
 
-    s = Result(out).summary
+    s = Result.load(out).summary
     before, after = s["landmark_error_before_mm"], s["landmark_error_after_mm"]
     return {
         "mode": mode, "seed": seed,

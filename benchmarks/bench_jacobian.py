@@ -14,13 +14,14 @@ import time
 import numpy as np
 import torch
 
-from nephi.config import load_defaults, set_dotted
-from nephi.derivatives import NEPHI_METHODS, Composition, jacobian
-from nephi.geometry import Grid
-from nephi.losses import gradicon
-from nephi.networks import FieldConfig, Latent, NephiFields
-from nephi.objective import nephi_terms
-from nephi.pair import PairTensors
+from nephi.config.loader import load_defaults, set_dotted
+from nephi.transforms.jacobian import NEPHI_METHODS, jacobian
+from nephi.transforms.base import Composition
+from nephi.geometry.grid import Grid
+from nephi.objectives.regularizers import gradicon
+from nephi.models.fields import FieldConfig, Latent, NephiFields
+from nephi.objectives.nephi_loss import nephi_terms
+from nephi.geometry.pair import PairTensors
 
 
 def timed(fn, repeats: int) -> float:

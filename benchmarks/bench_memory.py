@@ -121,8 +121,9 @@ def voxel_gradicon_loss(net: UNet, moving: torch.Tensor, fixed: torch.Tensor,
 # ----------------------------------------------------------------------------- one measurement
 def measure(method: str, ndim: int, size: int, batch: int, steps: int, points: int,
             reg_points: int, device: str, jacobian: str | None = None) -> dict:
-    from nephi.geometry import Grid
-    from nephi.training import TrainStep, build_net, resolve_config
+    from nephi.geometry.grid import Grid
+    from nephi.learn.trainer import TrainStep, build_net
+    from nephi.config.loader import resolve_config
 
     dev = torch.device(device)
     shape = (size,) * ndim
@@ -130,7 +131,7 @@ def measure(method: str, ndim: int, size: int, batch: int, steps: int, points: i
     moving = torch.rand(batch, 1, *shape, device=dev)
     fixed = torch.rand(batch, 1, *shape, device=dev)
     if method == "nephi":
-        cfg = resolve_config(None, [f"loss.jacobian={jacobian}"] if jacobian else [])
+        cfg = resolve_config("train", None, [f"loss.jacobian={jacobian}"] if jacobian else [])
         net = build_net(cfg, shape).to(dev)
         model = TrainStep(net, Grid(shape, torch.eye(ndim + 1).numpy()), cfg)
         gen = torch.Generator().manual_seed(0)

@@ -129,7 +129,7 @@ def _nephi_reg_seconds(out_dir: str) -> float:
 
 def nephi_description(mode: str) -> str:
     """What an IO mode optimizes, with its point counts read from the pairwise defaults."""
-    from nephi.config import load_defaults
+    from nephi.config.loader import load_defaults
 
     cfg = load_defaults("pairwise")
     if mode == "nephi":
@@ -379,7 +379,7 @@ def run_method(spec: MethodSpec, case: Case, runs_dir: str, use_mask: bool = Tru
 # ------------------------------------------------------------------------------------ data
 def lung_case(data_dir: str, size: int, seed: int, group: str) -> Case:
     """A synthetic lung pair of ``size``^3 voxels over a 256 mm field of view (built once)."""
-    from data_prep.synthetic_lung import make_lung_pair
+    from nephi.data.synthetic_lung import make_lung_pair
 
     spacing = FOV_MM / size
     name = f"lung{size}_s{seed}"
@@ -400,7 +400,7 @@ def lung_case(data_dir: str, size: int, seed: int, group: str) -> Case:
 
 def tc_case(data_dir: str, size: int, seed: int, mode: str, group: str) -> Case:
     """A 2-D Triangles & Circles pair with label maps (built once)."""
-    from data_prep.triangles_circles import make_tc_pair, save_tc_pair_nifti
+    from nephi.data.triangles_circles import make_tc_pair, save_tc_pair_nifti
 
     name = f"tc{size}_{mode}_s{seed}"
     folder = os.path.join(data_dir, name)

@@ -4,7 +4,7 @@ Every method registers a *case* (one moving/fixed pair, see :class:`Case`) and l
 output folder:
 
 * ``field.nii.gz``: the fixed->moving map phi_AB - Id on the FIXED grid as an ITK displacement
-  field (``nephi.export`` layout: LPS millimetres; a fixed point p goes to the moving point
+  field (``nephi.io.fields`` layout: LPS millimetres; a fixed point p goes to the moving point
   p + d(p)). nephi writes it as ``warp.nii.gz``; each peer's own transform is turned into this
   dense field with the peer's own tools (ANTs ``compose``, transformix's deformation field,
   dipy's forward field, the SimpleITK demons field).
@@ -44,10 +44,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from nephi.export import read_displacement_field, write_displacement_field  # noqa: E402
-from nephi.geometry import Grid  # noqa: E402
-from nephi.imageio import load_image, load_points, save_points  # noqa: E402
-from nephi.landmarks import map_points  # noqa: E402
+from nephi.io.fields import read_displacement_field, write_displacement_field
+from nephi.geometry.grid import Grid
+from nephi.io.images import load_image, load_points, save_points
+from nephi.transforms.displacement import map_points
 
 FIELD_FILE = "field.nii.gz"
 POINTS_FILE = "points_moving.csv"

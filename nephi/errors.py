@@ -9,3 +9,10 @@ class NephiInputError(Exception):
 
 
 EXIT_INPUT_ERROR = 2
+
+
+def short_reason(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 160 characters), or its type's name:
+    the reason part of a one-line input error."""
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import nibabel as nib
 
-from nephi.geometry import Grid
+from nephi.geometry.grid import Grid
 
 
 def rotation(axis, degrees: float) -> np.ndarray:

@@ -25,14 +25,14 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from data_prep.synthetic_lung import make_lung_pair, voxel_centres
-from data_prep.triangles_circles import make_tc_pair, save_tc_pair_nifti
-from nephi.config import load_defaults, set_dotted
-from nephi.export import save_scalar, write_displacement_field
-from nephi.imageio import load_image, save_image
-from nephi.register import LoadedPair, register
-from nephi.resample import warp_image
-from nephi.result import Field
+from nephi.data.synthetic_lung import make_lung_pair, voxel_centres
+from nephi.data.triangles_circles import make_tc_pair, save_tc_pair_nifti
+from nephi.config.loader import load_defaults, set_dotted
+from nephi.io.fields import save_scalar, write_displacement_field
+from nephi.io.images import load_image, save_image
+from nephi.pipeline.pairwise import LoadedPair, register
+from nephi.results.warp import warp_image
+from nephi.transforms.displacement import Field
 
 
 def _tmp(prefix: str) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from infer.main import main
+from nephi.cli.infer import main
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (8, 8, 8)
@@ -398,8 +398,9 @@ def test_device_unknown_through_set(case, capsys):
 
 def test_writer_failure_removes_partial_folder(case, monkeypatch):
     """An exception while writing (after IO) leaves neither DIR nor a partial folder."""
-    import nephi.register as reg
-    from infer.main import build_parser, resolve_config
+    import nephi.pipeline.pairwise as reg
+    import nephi.results.result as result_module
+    from nephi.cli.infer import build_parser, resolve_config
 
     calls = []
 
@@ -408,7 +409,7 @@ def test_writer_failure_removes_partial_folder(case, monkeypatch):
         open(path, "wb").close()  # something half-written is already in the partial folder
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(reg, "write_displacement_field", broken_writer)
+    monkeypatch.setattr(result_module, "write_displacement_field", broken_writer)
     cfg = resolve_config(build_parser().parse_args(case.argv()))
     pair = reg.LoadedPair(case.moving, case.fixed)
     with pytest.raises(OSError, match="disk full"):
@@ -419,7 +420,7 @@ def test_writer_failure_removes_partial_folder(case, monkeypatch):
 
 
 def test_ctrl_c_while_writing_leaves_nothing(case, capsys, monkeypatch):
-    import nephi.register as reg
+    import nephi.results.result as reg
 
     def interrupted(path, *args, **kwargs):
         open(path, "wb").close()
@@ -436,7 +437,7 @@ def test_ctrl_c_while_writing_leaves_nothing(case, capsys, monkeypatch):
 
 
 def test_ctrl_c_during_optimization_keeps_existing_folder(case, capsys, monkeypatch):
-    import nephi.register as reg
+    import nephi.pipeline.pairwise as reg
 
     os.makedirs(case.out)
     Path(case.out, "previous.json").write_text("{}")

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data_prep import dirlab
+from nephi.data import dirlab
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,14 +12,14 @@ import nibabel as nib
 import numpy as np
 
 from helpers_results import assert_input_error as _assert_input_error, run_main
-from infer.evaluate import main as eval_main
-from infer.warp import main as warp_main
-from nephi.evaluate import evaluate_result, landmark_metrics
-from nephi.export import write_displacement_field
-from nephi.imageio import load_points
-from nephi.landmarks import map_points
-from nephi.png import SIGNATURE
-from nephi.result import Result
+from nephi.cli.evaluate import main as eval_main
+from nephi.cli.warp import main as warp_main
+from nephi.results.evaluate import evaluate_result, landmark_metrics
+from nephi.io.fields import write_displacement_field
+from nephi.io.images import load_points
+from nephi.transforms.displacement import map_points
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from nephi.results.result import Result
 
 
 def run_eval(args, capsys):
@@ -57,7 +57,7 @@ def test_eval_reports_the_landmark_error_of_summary_json(lung, tmp_path, capsys)
 
 
 def test_explicit_points_and_snap_to_voxel(lung, tmp_path, capsys):
-    result = Result(lung["out"])
+    result = Result.load(lung["out"])
     fixed = load_points(lung["paths"]["inhale_points"], 3)
     moving = load_points(lung["paths"]["exhale_points"], 3)
     plain = landmark_metrics(result, fixed, moving)
@@ -90,35 +90,35 @@ def test_dice_of_identical_labels_is_one(truth, tmp_path, capsys):
     nib.save(nib.Nifti1Image(labels, mask.affine), tmp_path / "moving_labels.nii.gz")
     assert warp_main(["--result", truth["out"], "--image", str(tmp_path / "moving_labels.nii.gz"),
                       "--out", str(tmp_path / "fixed_labels.nii.gz"), "--interp", "label"]) == 0
-    row = evaluate_result(Result(truth["out"]), fixed_labels=str(tmp_path / "fixed_labels.nii.gz"),
+    row = evaluate_result(Result.load(truth["out"]), fixed_labels=str(tmp_path / "fixed_labels.nii.gz"),
                           moving_labels=str(tmp_path / "moving_labels.nii.gz"))
     assert row["dice_2"] == 1.0 and row["dice_5"] == 1.0 and row["dice_mean"] == 1.0
     assert row["dice_before_mean"] < 0.97  # the true motion is large: without it, overlap drops
     # the true motion aligns the real lung masks well
-    real = evaluate_result(Result(truth["out"]), fixed_labels=truth["paths"]["inhale_mask"],
+    real = evaluate_result(Result.load(truth["out"]), fixed_labels=truth["paths"]["inhale_mask"],
                            moving_labels=truth["paths"]["exhale_mask"])
     assert real["dice_1"] > 0.9 and real["dice_1"] > real["dice_before_mean"] + 0.03
 
 
 def test_folding_and_inverse_consistency_of_exported_fields(truth, tmp_path, capsys):
-    row = evaluate_result(Result(truth["out"]))
+    row = evaluate_result(Result.load(truth["out"]))
     assert row["folding_percent"] == 0.0 and row["jacobian_min"] > 0.5
     assert row["inverse_consistency_inside_percent"] > 50.0
     assert row["inverse_consistency_mm_mean"] < 0.3  # exact inverse, up to interpolation
     # a wrong inverse (zero displacement) is caught: the error is the displacement itself
     broken = tmp_path / "broken"
     shutil.copytree(truth["out"], broken)
-    result = Result(str(broken))
+    result = Result.load(str(broken))
     write_displacement_field(str(broken / "inverse_warp.nii.gz"),
                              np.zeros_like(result.field(inverse=True).disp), result.moving_grid)
-    bad = evaluate_result(Result(str(broken)))
+    bad = evaluate_result(Result.load(str(broken)))
     assert bad["inverse_consistency_mm_mean"] > 5.0
     # folds in jacobian.nii.gz are counted
     jac = nib.load(broken / "jacobian.nii.gz")
     data = np.asarray(jac.dataobj).copy()
     data[:4, :4, :4] = -0.5
     nib.save(nib.Nifti1Image(data, jac.affine), broken / "jacobian.nii.gz")
-    folded = evaluate_result(Result(str(broken)))
+    folded = evaluate_result(Result.load(str(broken)))
     assert folded["folding_voxels"] == 64
     assert abs(folded["folding_percent"] - 100.0 * 64 / data.size) < 1e-12
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from nephi.geometry import Grid, lps_to_ras, ras_to_lps, to_grid_sample_order
-from nephi.sampling import interpolate_linear, sample_image
+from nephi.geometry.grid import Grid, lps_to_ras, ras_to_lps, to_grid_sample_order
+from nephi.geometry.sampling import interpolate_linear, sample_image
 
 
 def rotation(axis, degrees):

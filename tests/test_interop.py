@@ -27,13 +27,13 @@ import pytest
 import torch
 
 from helpers_interop import Phantom, centred_grid, ncc, rotation, rotation_2d, save_nifti
-from nephi.config import load_defaults, set_dotted
-from nephi.export import read_displacement_field
-from nephi.geometry import Grid, lps_to_ras, ras_to_lps
-from nephi.imageio import load_points, save_points
-from nephi.itk_transform import read_displacement_h5, write_displacement_h5
-from nephi.landmarks import map_points
-from nephi.register import LoadedPair, register
+from nephi.config.loader import load_defaults, set_dotted
+from nephi.io.fields import read_displacement_field
+from nephi.geometry.grid import Grid, lps_to_ras, ras_to_lps
+from nephi.io.images import load_points, save_points
+from nephi.io.itk import read_displacement_h5, write_displacement_h5
+from nephi.transforms.displacement import map_points
+from nephi.pipeline.pairwise import LoadedPair, register
 
 try:
     import SimpleITK as sitk
@@ -129,7 +129,7 @@ def case(request, tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        pair = LoadedPair(paths["moving"], paths["fixed"], landmarks_path=paths["landmarks"])
+        pair = LoadedPair(paths["moving"], paths["fixed"], landmarks=paths["landmarks"])
         summary = register(pair, out, small_config(), command=["test_interop"], progress=False)
     finally:
         torch.set_num_threads(threads)

@@ -11,16 +11,18 @@ import pytest
 import torch
 
 from helpers_interop import Phantom, centred_grid, save_nifti
-from nephi.config import load_defaults, merge
+from nephi.config.loader import load_defaults, merge
 from nephi.errors import NephiInputError
-from nephi.geometry import Grid
-from nephi.inr import ACTIVATIONS, CoordinateNet, CoordinateNetConfig
-from nephi.io_modes import build_mode, fixed_point_inverse, initial_state, tabulate
-from nephi.losses import (lncc_similarity, mse_similarity, ncc_similarity, similarity_terms,
-                          stencil_offsets)
-from nephi.optimize import instance_optimize
-from nephi.pair import PairTensors
-from nephi.register import LoadedPair, pair_tensors, register, validate_config
+from nephi.geometry.grid import Grid
+from nephi.models.coordinate import ACTIVATIONS, CoordinateNet, CoordinateNetConfig
+from nephi.optim.modes import build_mode, initial_state
+from nephi.optim.refinements import fixed_point_inverse
+from nephi.transforms.dense import tabulate
+from nephi.objectives.similarity import lncc_similarity, mse_similarity, ncc_similarity, similarity_terms, stencil_offsets
+from nephi.optim.engine import instance_optimize
+from nephi.geometry.pair import PairTensors
+from nephi.pipeline.pairwise import LoadedPair, pair_tensors, register
+from nephi.config.validate import validate_pairwise
 
 SPACING = 3.0
 SHIFT_MM = np.array([4.0, -3.0, 2.5])
@@ -289,7 +291,7 @@ def test_velocity_warp_and_inverse_warp_compose_to_identity(summaries):
     idx = np.stack(np.meshgrid(*[np.arange(20)] * 3, indexing="ij"), -1).astype(float)
     q = idx + fwd * to_index
     norm = torch.as_tensor(q[5:15, 5:15, 5:15].reshape(1, -1, 3) / 19 * 2 - 1)
-    from nephi.sampling import sample_image
+    from nephi.geometry.sampling import sample_image
 
     field = torch.as_tensor(inv * to_index).permute(3, 0, 1, 2).unsqueeze(0)
     back = sample_image(field, norm)[0].T.numpy()
@@ -377,11 +379,11 @@ def test_bad_io_config_names_the_key(override, key):
     cfg = load_defaults("pairwise")
     update(cfg, override)
     with pytest.raises(NephiInputError, match=key.replace(".", r"\.")):
-        validate_config(cfg)
+        validate_pairwise(cfg)
 
 
 def test_cli_io_mode_sets_the_mode_and_its_options():
-    from infer.main import build_parser, check_options, resolve_config
+    from nephi.cli.infer import build_parser, check_options, resolve_config
 
     args = build_parser().parse_args(["--pair", "a", "b", "--out", "o", "--io-mode", "velocity",
                                       "--io-steps", "7", "--lr", "0.01", "--points", "99"])
@@ -399,8 +401,8 @@ def test_cli_io_mode_sets_the_mode_and_its_options():
 def test_nephi_learning_rates_from_scratch_when_refining_and_explicit(shifted):
     """Null optim.lr / optim.latent_lr: larger steps from scratch than when refining a
     prediction; explicit values (also written as '3e-5' text) win."""
-    from nephi.config import set_dotted
-    from nephi.io_modes import NEPHI_LR
+    from nephi.config.loader import set_dotted
+    from nephi.optim.modes import NEPHI_LR
 
     cfg = set_dotted(config("nephi"), "optim.lr", None)
     pair = pair_tensors(load(shifted), cfg, torch.device("cpu"))

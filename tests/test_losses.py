@@ -3,10 +3,13 @@
 import pytest
 import torch
 
-from nephi.derivatives import Composition, jacobian
-from nephi.losses import gradicon, latent_prior, ncc, ncc_similarity
-from nephi.networks import FieldConfig, Latent, NephiFields
-from nephi.sampling import interpolate_linear, interpolate_linear_with_grad
+from nephi.transforms.base import Composition
+from nephi.transforms.jacobian import jacobian
+from nephi.objectives.nephi_loss import latent_prior
+from nephi.objectives.regularizers import gradicon
+from nephi.objectives.similarity import ncc, ncc_similarity
+from nephi.models.fields import FieldConfig, Latent, NephiFields
+from nephi.geometry.sampling import interpolate_linear, interpolate_linear_with_grad
 
 
 def test_ncc_values():
@@ -109,7 +112,7 @@ def test_interpolation_gradient_is_the_derivative():
 
 def test_regularizers_with_analytic_jacobian_match_autograd():
     """nephi mode's extra regularizers under the default 'analytic' method: same values."""
-    from nephi.regularizers import regularizer_terms
+    from nephi.objectives.regularizers import regularizer_terms
 
     fields, latent = random_fields(3)
     x = torch.rand(1, 80, 3, dtype=torch.float64) * 1.6 - 0.8

@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 
 from helpers_interop import Phantom, centred_grid, save_nifti
-from nephi.config import load_defaults, merge
-from nephi.register import LoadedPair, register
+from nephi.config.loader import load_defaults, merge
+from nephi.pipeline.pairwise import LoadedPair, register
 
 SMALL = {
     "device": "cpu",
@@ -62,7 +62,7 @@ def test_known_translation_is_recovered(tmp_path):
 
 
 def test_cli_lowers_landmark_error_on_synthetic_lung(tmp_path):
-    from data_prep.synthetic_lung import make_lung_pair
+    from nephi.data.synthetic_lung import make_lung_pair
 
     pair = make_lung_pair(shape=(40, 40, 40), spacing=(6.4, 6.4, 6.4), motion_mm=15.0, seed=1)
     pair.save(str(tmp_path))

@@ -6,22 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nephi import losses
-from nephi.derivatives import METHODS, jacobian
-from nephi.regularizers import (
-    BENDING_METHODS,
-    REGULARIZERS,
-    bending_energy,
-    cofactor,
-    determinant,
-    diffusion,
-    hessian,
-    hyperelastic,
-    jacobian_det,
-    jacobian_to_mm,
-    negative_det,
-    regularizer_terms,
-)
+from nephi.objectives import terms as losses
+from nephi.transforms.jacobian import METHODS, jacobian
+from nephi.objectives.regularizers import BENDING_METHODS, REGULARIZERS, bending_energy, cofactor, determinant, diffusion, hessian, hyperelastic, jacobian_det, jacobian_to_mm, negative_det, regularizer_terms
 
 DIMS = (2, 3)
 ALL_WEIGHTS = {"jacobian_det": 0.05, "negative_det": 1.0, "diffusion": 0.5,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates
 
-from data_prep.synthetic_lung import default_affine, make_lung_pair, voxel_centres
+from nephi.data.synthetic_lung import default_affine, make_lung_pair, voxel_centres
 
 REPO = Path(__file__).resolve().parents[1]
 

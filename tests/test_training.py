@@ -19,12 +19,15 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.cli import main as prep_main
-from nephi.dataset import PairDataset, PairFile, PrepConfig, network_grid, read_pairs_csv
-from nephi.encoder import EncoderConfig, Encoder, RegistrationNet, branch_level
-from nephi.geometry import Grid
-from nephi.networks import FieldConfig
-from nephi.training import StepBatches, load_checkpoint, lr_factor, param_hash, resolve_config
+from nephi.cli.prep import main as prep_main
+from nephi.data.pairfile import PairDataset, PairFile
+from nephi.data.preprocess import PrepConfig, network_grid, read_pairs_csv
+from nephi.models.encoder import EncoderConfig, Encoder, RegistrationNet, branch_level
+from nephi.geometry.grid import Grid
+from nephi.models.fields import FieldConfig
+from nephi.learn.trainer import StepBatches, lr_factor, param_hash
+from nephi.models.checkpoint import load_checkpoint
+from nephi.config.loader import resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = str(REPO / "configs" / "smoke.yaml")
@@ -216,7 +219,7 @@ def test_synthetic_and_tc_builders(tmp_path):
 
 # ----------------------------------------------------------------------------- schedule, batches
 def test_lr_schedule_and_step_batches():
-    cfg = resolve_config(SMOKE, ["train.steps=100", "train.warmup_steps=10",
+    cfg = resolve_config("train", SMOKE, ["train.steps=100", "train.warmup_steps=10",
                                  "train.min_lr_ratio=0.1", "train.lr=5e-4"])
     assert cfg["train"]["lr"] == 5e-4  # YAML 1.1 reads '5e-4' as text; overrides take it
     assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 9) == pytest.approx(1.0)
@@ -290,7 +293,7 @@ def test_resume_is_exact(tc_data, tmp_path):
 
 
 def test_existing_run_needs_resume(ddp_run, capsys):
-    from nephi.training import main as train_main
+    from nephi.cli.train import main as train_main
 
     assert train_main(["--config", SMOKE, "--output-dir", str(ddp_run[0])]) == 2
     err = capsys.readouterr().err
@@ -299,8 +302,8 @@ def test_existing_run_needs_resume(ddp_run, capsys):
 
 # ----------------------------------------------------------------------------- inference
 def test_infer_checkpoint_single_pair(ddp_run, tc_data, tmp_path):
-    from infer.main import main as infer_main
-    from nephi.feedforward import load_model
+    from nephi.cli.infer import main as infer_main
+    from nephi.pipeline.feedforward import load_model
 
     run = ddp_run[0]
     _, nifti = tc_data
@@ -331,7 +334,7 @@ def test_infer_checkpoint_single_pair(ddp_run, tc_data, tmp_path):
 
 
 def test_infer_pairs_csv(ddp_run, tc_data, tmp_path, capsys):
-    from infer.main import main as infer_main
+    from nephi.cli.infer import main as infer_main
 
     run = ddp_run[0]
     _, nifti = tc_data
@@ -352,8 +355,8 @@ def test_infer_pairs_csv(ddp_run, tc_data, tmp_path, capsys):
 
 
 def test_option_errors_are_one_line(ddp_run, tc_data, tmp_path, capsys):
-    from infer.main import main as infer_main
-    from nephi.training import main as train_main
+    from nephi.cli.infer import main as infer_main
+    from nephi.cli.train import main as train_main
 
     ckpt = str(ddp_run[0] / "checkpoints" / "best.pt")
     _, nifti = tc_data

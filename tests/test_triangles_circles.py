@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from data_prep.triangles_circles import (
-    add_subparser,
-    dice,
-    main,
-    make_tc_dataset,
-    make_tc_pair,
-    make_tc_shape,
-    save_tc_pair_nifti,
-)
+from nephi.data.triangles_circles import add_subparser, dice, main, make_tc_dataset, make_tc_pair, make_tc_shape, save_tc_pair_nifti
 
 S = 64
 MODES = ("solid", "hollow")

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from helpers_results import assert_input_error, ncc, nifti_array, run_main
-from infer.points import main as points_main
-from infer.warp import main as warp_main
-from nephi.geometry import lps_to_ras, ras_to_lps
-from nephi.imageio import load_image, load_points, save_points
-from nephi.landmarks import map_points
-from nephi.resample import mapped_index, warp_image
-from nephi.result import Result, grid_of
+from nephi.cli.points import main as points_main
+from nephi.cli.warp import main as warp_main
+from nephi.geometry.grid import lps_to_ras, ras_to_lps
+from nephi.io.images import load_image, load_points, save_points
+from nephi.transforms.displacement import map_points
+from nephi.results.warp import mapped_index, warp_image
+from nephi.results.result import Result
+from nephi.io.images import grid_of
 
 try:
     import SimpleITK as sitk
@@ -73,7 +74,7 @@ def test_cubic_reproduces_a_quadratic_better_than_linear(truth, tmp_path, capsys
     nib.save(nib.Nifti1Image(quadratic(ras).reshape(grid.shape).astype(np.float32),
                              grid.nifti_affine), tmp_path / "quad.nii.gz")
     fixed_grid = truth["fixed_grid"]
-    result = Result(truth["out"])
+    result = Result.load(truth["out"])
     index = mapped_index(result.field(), fixed_grid, grid).astype(np.float64)
     interior = np.all((index > 6) & (index < np.asarray(grid.shape) - 7), axis=1)
     assert interior.mean() > 0.15
@@ -142,7 +143,7 @@ def test_reference_grid_matches_simpleitk(truth, tmp_path, capsys):
     theirs = sitk.Resample(sitk.ReadImage(truth["paths"]["exhale"]), sitk.ReadImage(str(ref)),
                            transform, sitk.sitkLinear, 0.0, sitk.sitkFloat64)
     theirs = sitk.GetArrayFromImage(theirs).transpose()
-    result = Result(truth["out"])
+    result = Result.load(truth["out"])
     index = mapped_index(result.field(), ref_grid, truth["moving_grid"])
     in_moving = np.all((index >= 0) & (index <= np.asarray(truth["moving_grid"].shape) - 1),
                        axis=1).reshape(shape)
@@ -217,7 +218,7 @@ def test_points_with_true_motion_and_lps(truth, tmp_path, capsys):
                                      lps_out, "--lps"], capsys)
     assert code == 0, err
     mapped_ras = lps_to_ras(load_points(str(lps_out), 3))
-    result = Result(truth["out"])
+    result = Result.load(truth["out"])
     direct = map_points(lung.inhale_points, result.field().disp, result.fixed_grid)
     np.testing.assert_allclose(mapped_ras, direct, atol=1e-3)
     # the true motion, interpolated from an 8 mm grid: close to the exact exhale points

@@ -1,0 +1,210 @@
+"""``nephi-prep``: build datasets for nephi (one console script, one subcommand per source).
+
+HDF5 pair files (layout in :mod:`nephi.data.pairfile`, read by ``train/train.py``)::
+
+    nephi-prep pairs --csv PAIRS.csv --out DATA.h5 [--spacing MM..] [--shape N..]
+               [--intensity percentile|window|none] [--window LO HI] [--percentiles LO HI]
+               [--apply-mask] [--val-fraction F] [--workers W]
+    nephi-prep copdgene ROOT --out DATA.h5            (paper recipe, layout in nephi/data/copdgene.py)
+    nephi-prep synthetic-lung --n N --out DATA.h5     (population, pair i from seed SEED + i)
+    nephi-prep triangles-circles --n N --size S --mode solid|hollow --out DATA.h5
+
+``synthetic-lung`` and ``triangles-circles`` write NIfTI folders instead when ``--out`` does not
+end in ``.h5`` / ``.hdf5`` (one lung pair; T&C pair folders). ``nephi-prep dirlab ROOT --out DIR``
+converts DIR-LAB raw data to NIfTI and a pairs CSV that ``nephi-prep pairs`` reads.
+
+PAIRS.csv: header with ``moving,fixed`` and optionally ``name, moving_mask, fixed_mask,
+moving_points, fixed_points, moving_label, fixed_label``; relative paths are relative to the
+CSV's folder; points are CSV files ``x,y[,z]`` in RAS mm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from nephi.cli.common import OneLineParser, run_cli
+from nephi.data.preprocess import PrepConfig, read_pairs_csv
+from nephi.errors import NephiInputError
+
+H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def _is_h5(path: str) -> bool:
+    return path.lower().endswith(H5_SUFFIXES)
+
+
+def _add_split_workers(p: argparse.ArgumentParser, workers: bool = True) -> None:
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="fraction of pairs in the validation split (default 0.1)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the split (default 0)")
+    if workers:
+        p.add_argument("--workers", type=int, default=1,
+                       help="processes preprocessing pairs in parallel (default 1)")
+
+
+def _add_prep_options(p: argparse.ArgumentParser, spacing=None, shape=None, intensity="percentile",
+                      window=(-1000.0, 0.0), apply_mask=False) -> None:
+    p.add_argument("--spacing", type=float, nargs="+", default=spacing, metavar="MM",
+                   help="target voxel size in mm, one value or one per axis (default "
+                        f"{'the fixed image spacing' if spacing is None else spacing})")
+    p.add_argument("--shape", type=int, nargs="+", default=shape, metavar="N",
+                   help="target grid shape, one value or one per axis, padded / cropped around "
+                        "the fixed image centre (default "
+                        f"{'covers every fixed image' if shape is None else shape})")
+    p.add_argument("--intensity", choices=["percentile", "window", "none"], default=intensity,
+                   help=f"intensity normalization before resampling (default {intensity})")
+    p.add_argument("--window", type=float, nargs=2, default=list(window), metavar=("LO", "HI"),
+                   help="clamp window mapped to [0, 1] with --intensity window (default "
+                        f"{window[0]:g} {window[1]:g}, HU)")
+    p.add_argument("--percentiles", type=float, nargs=2, default=[1.0, 99.0],
+                   metavar=("LO", "HI"), help="percentiles mapped to 0 and 1 with --intensity "
+                                              "percentile (default 1 99)")
+    if apply_mask:
+        p.add_argument("--no-apply-mask", dest="apply_mask", action="store_false",
+                       help="do not multiply the images by their masks")
+    else:
+        p.add_argument("--apply-mask", action="store_true",
+                       help="multiply each image by its mask (needs both masks)")
+
+
+def _prep(args) -> PrepConfig:
+    return PrepConfig(spacing=args.spacing, shape=args.shape,
+                      intensity={"method": args.intensity, "low": args.percentiles[0],
+                                 "high": args.percentiles[1], "window": list(args.window)},
+                      apply_mask=args.apply_mask)
+
+
+def _report(out: str, counts: dict) -> int:
+    print(f"nephi-prep: wrote {out}: {counts['train']} training and {counts['val']} validation "
+          "pairs")
+    return 0
+
+
+def _command(args) -> str:
+    return "nephi-prep " + " ".join(sys.argv[1:])
+
+
+def _workers(value: int) -> int:
+    if value < 1:
+        raise NephiInputError(f"--workers: must be positive, got {value}")
+    return value
+
+
+def _pairs(args) -> int:
+    from nephi.data.builders import build_from_rows
+
+    rows = read_pairs_csv(args.csv)
+    counts = build_from_rows(rows, args.out, _prep(args), args.val_fraction, args.split_seed,
+                             _workers(args.workers), builder=_command(args))
+    return _report(args.out, counts)
+
+
+def _copdgene(args) -> int:
+    from nephi.data.builders import build_from_rows
+    from nephi.data.copdgene import find_copdgene_pairs
+
+    rows, skipped = find_copdgene_pairs(args.root, require_masks=args.apply_mask)
+    for subject, reason in skipped.items():
+        print(f"nephi-prep: skipped {subject}: {reason}", file=sys.stderr)
+    counts = build_from_rows(rows, args.out, _prep(args), args.val_fraction, args.split_seed,
+                             _workers(args.workers), builder=_command(args))
+    return _report(args.out, counts)
+
+
+def _synthetic_lung(nifti_handler):
+    def handler(args) -> int:
+        if not _is_h5(args.out):
+            if args.n != 1:
+                raise NephiInputError("--n: a NIfTI folder holds one pair; give --out DATA.h5 "
+                                      "for a population")
+            return nifti_handler(args)
+        from nephi.data.builders import build_synthetic_lung
+
+        counts = build_synthetic_lung(args.out, args.n, args.shape, args.spacing, args.motion_mm,
+                                      args.seed, args.n_landmarks, args.val_fraction,
+                                      args.apply_mask, _workers(args.workers), args.noise_hu,
+                                      args.split_seed, builder=_command(args))
+        return _report(args.out, counts)
+
+    return handler
+
+
+def _triangles_circles(nifti_handler):
+    def handler(args) -> int:
+        if not _is_h5(args.out):
+            return nifti_handler(args)
+        from nephi.data.builders import build_triangles_circles
+
+        counts = build_triangles_circles(args.out, args.n, args.size, args.mode, args.seed,
+                                         args.val_fraction, args.split_seed,
+                                         builder=_command(args))
+        return _report(args.out, counts)
+
+    return handler
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from nephi.data import dirlab
+    from nephi.data import synthetic_lung
+    from nephi.data import triangles_circles
+
+    parser = OneLineParser(prog="nephi-prep",
+                           description="Build datasets for nephi: HDF5 pair files for training "
+                                       "(pairs, copdgene, synthetic-lung, triangles-circles with "
+                                       "--out DATA.h5) and NIfTI conversions.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pairs", help="NIfTI pairs listed in a CSV -> HDF5 pair file",
+                       description="Preprocess the pairs of a CSV (columns moving,fixed and "
+                                   "optionally name, moving_mask, fixed_mask, moving_points, "
+                                   "fixed_points, moving_label, fixed_label) into one HDF5 file.")
+    p.add_argument("--csv", required=True, help="pairs CSV")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    _add_prep_options(p)
+    _add_split_workers(p)
+    p.set_defaults(func=_pairs)
+
+    p = sub.add_parser("copdgene", help="COPDGene-style folder -> HDF5 (NePhi paper recipe)",
+                       description="Inspiration/expiration lung CT pairs of a COPDGene-style "
+                                   "folder (layout: see nephi/data/copdgene.py) with the paper's "
+                                   "preprocessing: 2 mm, 175^3, [-1000, 0] HU -> [0, 1], lung "
+                                   "mask applied; moving = expiration, fixed = inspiration.")
+    p.add_argument("root", help="folder with <subject>/.../<subject>_{INSP,EXP}_*.nii.gz")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    _add_prep_options(p, spacing=[2.0], shape=[175], intensity="window", apply_mask=True)
+    _add_split_workers(p)
+    p.set_defaults(func=_copdgene)
+
+    p = synthetic_lung.add_subparser(sub)
+    p.add_argument("--n", type=int, default=1,
+                   help="pairs (seeds SEED .. SEED+N-1) in the HDF5 population (default 1)")
+    p.add_argument("--apply-mask", action="store_true",
+                   help="HDF5: multiply the images by their lung masks")
+    _add_split_workers(p)
+    p.set_defaults(func=_synthetic_lung(p.get_default("func")))
+    p.description = (f"{p.description} With --out ending in .h5: a population of N pairs "
+                     "(lung window [-1000, 0] HU -> [0, 1], masks and landmarks stored).")
+
+    p = triangles_circles.add_subparser(sub)
+    _add_split_workers(p, workers=False)
+    p.set_defaults(func=_triangles_circles(p.get_default("func")))
+    p.description = f"{p.description} With --out ending in .h5: one HDF5 pair file with labels."
+
+    dirlab.add_subparser(sub)
+    return parser
+
+
+def _run(argv) -> int:
+    args = build_parser().parse_args(argv)
+    if _is_h5(args.out) and os.path.isdir(args.out):
+        raise NephiInputError(f"--out {args.out}: is a folder")
+    return int(args.func(args) or 0)
+
+
+def main(argv=None) -> int:
+    return run_cli("nephi-prep", _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""An image pair on a device, sampled in the fixed image's frame.
+
+The frame is the fixed grid's normalized coordinates (see :mod:`nephi.geometry.grid`). The moving
+image is sampled by mapping frame points through physical space to its own normalized
+coordinates, so the two images may differ in shape, spacing and orientation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from nephi.geometry.grid import Grid, apply_affine_torch
+from nephi.geometry.sampling import sample_image
+
+class PairTensors:
+    """Fixed (B, 1, *S_f) and moving (B, 1, *S_m) intensity tensors with their grids.
+
+    A = moving, B = fixed. All images of a batch share the fixed grid and the moving grid.
+    ``fixed_mask`` (B, *S_f) bool, optional: similarity points are drawn inside it.
+    """
+
+    def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, fixed_grid: Grid,
+                 moving_grid: Grid, fixed_mask: torch.Tensor | None = None):
+        self.fixed = fixed
+        self.moving = moving
+        self.fixed_grid = fixed_grid
+        self.moving_grid = moving_grid
+        self.frame_to_moving = fixed_grid.frame_to(moving_grid)
+        self.moving_to_frame = np.linalg.inv(self.frame_to_moving)
+        self.fixed_mask = fixed_mask
+        self._mask_index = None
+        if fixed_mask is not None:
+            self._mask_index = [torch.nonzero(m.reshape(-1)).squeeze(1) for m in fixed_mask]
+
+    @property
+    def batch(self) -> int:
+        return self.fixed.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return self.fixed_grid.ndim
+
+    @property
+    def device(self) -> torch.device:
+        return self.fixed.device
+
+    def fixed_at(self, x: torch.Tensor) -> torch.Tensor:
+        """Fixed intensities at frame points (B, N, d) -> (B, N)."""
+        return sample_image(self.fixed, x)[:, 0]
+
+    def moving_at(self, x: torch.Tensor) -> torch.Tensor:
+        """Moving intensities at frame points (B, N, d) -> (B, N), sampled via physical space."""
+        return sample_image(self.moving, apply_affine_torch(self.frame_to_moving, x))[:, 0]
+
+    def sample_fixed_points(self, n: int, generator: torch.Generator | None = None,
+                            in_mask: bool = True) -> torch.Tensor:
+        """n points per batch item, uniform over the fixed domain (or its mask), frame coords."""
+        b, d = self.batch, self.ndim
+        if self._mask_index is None or not in_mask:
+            u = torch.rand(b, n, d, generator=generator, device="cpu")
+            return (2.0 * u - 1.0).to(self.device)
+        shape = torch.tensor(self.fixed_grid.shape)
+        pts = []
+        for idx in self._mask_index:
+            pick = idx[torch.randint(len(idx), (n,), generator=generator, device="cpu").to(idx.device)]
+            vox = torch.stack(torch.unravel_index(pick.cpu(), tuple(self.fixed_grid.shape)), dim=-1)
+            jitter = torch.rand(n, d, generator=generator, device="cpu") - 0.5
+            ijk = (vox.float() + jitter).clamp(min=0.0)
+            ijk = torch.minimum(ijk, (shape - 1).float())
+            pts.append(-1.0 + 2.0 * ijk / (shape - 1).float())
+        return torch.stack(pts).to(self.device)
+
+    def sample_moving_points(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n points per batch item, uniform over the moving domain, in frame coords."""
+        u = torch.rand(self.batch, n, self.ndim, generator=generator, device="cpu")
+        return apply_affine_torch(self.moving_to_frame, (2.0 * u - 1.0).to(self.device))

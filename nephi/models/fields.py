@@ -1,0 +1,223 @@
+"""NePhi field networks: modulated periodic MLPs conditioned on a hybrid latent code.
+
+phi(x) = x + u(x, z(x)), with z(x) = [z_g, z_l(x)] (paper eq. 6): z_g a global vector of C
+channels, z_l a C-channel grid (16^d by default) over the frame [-1, 1]^d interpolated at x.
+
+``u`` is a modulated SIREN (Mehta et al. 2021, NePhi appendix A.1): a *synthesis* MLP on
+Fourier-feature embedded coordinates with sine activations; each layer's activation is
+multiplied by the output of a *modulation* MLP (ReLU) fed with the latent code. The output layer
+starts at zero, so every map starts as the identity.
+
+Shapes: points (B, N, d) in frame coordinates; latent z_g (B, C), z_l (B, C, *G).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+import torch
+import torch.nn.functional as F
+from torch import nn
+from nephi.geometry.sampling import interpolate_linear, interpolate_linear_with_grad
+
+@dataclass
+class FieldConfig:
+    """Hyper-parameters of one field network (both directions share them)."""
+
+    ndim: int = 3
+    latent_channels: int = 32
+    latent_grid: int = 16
+    hidden: int = 512
+    layers: int = 2
+    fourier_features: int = 128
+    fourier_scale: float = 2.0
+    omega0: float = 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Latent:
+    """Latent codes of a batch: ``global_`` (B, C) and ``local`` (B, C, *G)."""
+
+    global_: torch.Tensor
+    local: torch.Tensor
+
+    def detach_clone(self) -> "Latent":
+        return Latent(self.global_.detach().clone(), self.local.detach().clone())
+
+    @staticmethod
+    def random(batch: int, cfg: FieldConfig, sigma: float, generator=None, device=None) -> "Latent":
+        """Draw z ~ N(0, sigma^2) (paper section 4.2)."""
+        g = torch.randn(batch, cfg.latent_channels, generator=generator) * sigma
+        loc = torch.randn(batch, cfg.latent_channels, *([cfg.latent_grid] * cfg.ndim),
+                          generator=generator) * sigma
+        return Latent(g.to(device), loc.to(device))
+
+
+class FourierFeatures(nn.Module):
+    """gamma(x) = [x, sin(2 pi B x), cos(2 pi B x)] with B ~ N(0, scale^2) fixed, (..., d) -> (..., d + 2F)."""
+
+    def __init__(self, ndim: int, count: int, scale: float, seed: int = 0):
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", torch.randn(count, ndim, generator=gen) * scale)
+        self.out_features = ndim + 2 * count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        proj = 2.0 * math.pi * (x @ self.freqs.T)
+        return torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=-1)
+
+    def forward_with_tangents(self, x: torch.Tensor) -> tuple:
+        """gamma(x) (..., F) and d gamma / d x as tangents (..., d, F): row j is d gamma / d x_j."""
+        proj = 2.0 * math.pi * (x @ self.freqs.T)
+        d = x.shape[-1]
+        dproj = (2.0 * math.pi * self.freqs.T).expand(*x.shape[:-1], d, -1)
+        eye = torch.eye(d, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], d, d)
+        value = torch.cat([x, torch.sin(proj), torch.cos(proj)], dim=-1)
+        tangents = torch.cat([eye, torch.cos(proj).unsqueeze(-2) * dproj,
+                              -torch.sin(proj).unsqueeze(-2) * dproj], dim=-1)
+        return value, tangents
+
+
+class ModulatedSiren(nn.Module):
+    """u(x, z): displacement (B, N, d) in frame units from points (B, N, d) and the code z(x)."""
+
+    def __init__(self, cfg: FieldConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = FourierFeatures(cfg.ndim, cfg.fourier_features, cfg.fourier_scale, seed)
+        latent_dim = 2 * cfg.latent_channels
+        self.synthesis = nn.ModuleList()
+        self.modulation = nn.ModuleList()
+        in_syn = self.embed.out_features
+        for layer in range(cfg.layers):
+            self.synthesis.append(nn.Linear(in_syn, cfg.hidden))
+            in_mod = latent_dim if layer == 0 else cfg.hidden + latent_dim
+            self.modulation.append(nn.Linear(in_mod, cfg.hidden))
+            in_syn = cfg.hidden
+        self.out = nn.Linear(cfg.hidden, cfg.ndim)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        w0 = self.cfg.omega0
+        with torch.no_grad():
+            for layer in self.synthesis:
+                bound = math.sqrt(6.0 / layer.in_features) / w0
+                layer.weight.uniform_(-bound, bound)
+                layer.bias.uniform_(-math.pi / 2, math.pi / 2)
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+
+    def _modulation_parts(self, layer: int) -> tuple:
+        """Weight blocks of modulation layer ``layer`` acting on (g, z_g, z_l)."""
+        w = self.modulation[layer].weight
+        c = self.cfg.latent_channels
+        h = 0 if layer == 0 else self.cfg.hidden
+        return w[:, :h], w[:, h:h + c], w[:, h + c:]
+
+    def forward(self, x: torch.Tensor, z_global: torch.Tensor, z_local: torch.Tensor) -> torch.Tensor:
+        """u at points x (B, N, d) given z_g (B, C) and z_l interpolated at x (B, N, C).
+
+        The modulation layers see [g, z_g, z_l]; the z_g part is constant over the points and is
+        folded into the bias. Without autograd (dense evaluation) the activations are computed
+        in place.
+        """
+        inplace = not torch.is_grad_enabled()
+        h = self.embed(x)
+        g = None
+        for layer, (syn, mod) in enumerate(zip(self.synthesis, self.modulation)):
+            w_g, w_zg, w_zl = self._modulation_parts(layer)
+            bias = (z_global @ w_zg.T + mod.bias).unsqueeze(1)
+            a = F.linear(z_local, w_zl)
+            a = a.add_(bias) if inplace else a + bias
+            if g is not None:
+                a = a.add_(F.linear(g, w_g)) if inplace else a + F.linear(g, w_g)
+            g = a.relu_() if inplace else torch.relu(a)
+            s = syn(h)
+            if self.cfg.omega0 != 1.0:
+                s = s * self.cfg.omega0
+            h = s.sin_().mul_(g) if inplace else g * torch.sin(s)
+        return self.out(h)
+
+    def forward_with_jacobian(self, x: torch.Tensor, z_global: torch.Tensor, z_local: torch.Tensor,
+                              dz_local: torch.Tensor) -> tuple:
+        """u (B, N, d) and its exact spatial Jacobian du/dx (B, N, d, d), ``[..., i, j] = du_i/dx_j``.
+
+        ``dz_local`` (B, N, d, C) is dz_l/dx. The d directional derivatives are carried through
+        the layers beside the values (forward mode written out), so the result needs only
+        first-order backpropagation: no double backward, unlike reverse-mode Jacobians.
+        """
+        h, dh = self.embed.forward_with_tangents(x)
+        w0 = self.cfg.omega0
+        g = dg = None
+        for layer, (syn, mod) in enumerate(zip(self.synthesis, self.modulation)):
+            w_g, w_zg, w_zl = self._modulation_parts(layer)
+            a = F.linear(z_local, w_zl) + (z_global @ w_zg.T + mod.bias).unsqueeze(1)
+            da = F.linear(dz_local, w_zl)
+            if g is not None:
+                a = a + F.linear(g, w_g)
+                da = da + F.linear(dg, w_g)
+            g, dg = torch.relu(a), da * (a > 0).to(a.dtype).unsqueeze(-2)
+            s = w0 * syn(h)
+            ds = w0 * F.linear(dh, syn.weight)
+            sin_s = torch.sin(s)
+            dh = dg * sin_s.unsqueeze(-2) + (g * torch.cos(s)).unsqueeze(-2) * ds
+            h = g * sin_s
+        return self.out(h), F.linear(dh, self.out.weight).transpose(-1, -2)
+
+
+class FieldMap:
+    """One direction of NePhi as a point map on frame coordinates: x -> x + u(x, z(x)).
+
+    Callable on points (B, N, d); ``value_and_jacobian`` also gives the exact spatial Jacobian
+    (B, N, d, d) without double backward (see :meth:`ModulatedSiren.forward_with_jacobian`).
+    """
+
+    def __init__(self, net: ModulatedSiren, latent: Latent):
+        self.net = net
+        self.latent = latent
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x, self.latent.global_, interpolate_linear(self.latent.local, x))
+
+    def value_and_jacobian(self, x: torch.Tensor) -> tuple:
+        z_local, dz_local = interpolate_linear_with_grad(self.latent.local, x)
+        u, du = self.net.forward_with_jacobian(x, self.latent.global_, z_local, dz_local)
+        eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+        return x + u, du + eye
+
+
+class NephiFields(nn.Module):
+    """The forward and backward field networks of NePhi (separate weights, shared latent code).
+
+    ``phi_ab`` maps FIXED-frame points to MOVING points (the warped moving image is
+    I_A(phi_ab(x))); ``phi_ba`` maps MOVING points to FIXED points. All in frame coordinates.
+    """
+
+    def __init__(self, cfg: FieldConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.forward_net = ModulatedSiren(cfg, seed=seed)
+        self.backward_net = ModulatedSiren(cfg, seed=seed + 1)
+
+    def map_ab(self, latent: Latent) -> FieldMap:
+        """phi_AB for this latent code: FIXED-frame points -> MOVING-frame points."""
+        return FieldMap(self.forward_net, latent)
+
+    def map_ba(self, latent: Latent) -> FieldMap:
+        """phi_BA for this latent code: MOVING-frame points -> FIXED-frame points."""
+        return FieldMap(self.backward_net, latent)
+
+    def phi_ab(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
+        return self.map_ab(latent)(x)
+
+    def phi_ba(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
+        return self.map_ba(latent)(x)
+
+    def forward(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
+        return self.phi_ab(x, latent)
+
+
+__all__ = ["FieldConfig", "Latent", "FourierFeatures", "ModulatedSiren", "FieldMap", "NephiFields"]

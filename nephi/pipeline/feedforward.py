@@ -1,0 +1,207 @@
+"""Feed-forward registration with a trained network, optionally refined by instance optimization.
+
+1. :func:`load_model` reads a checkpoint of :mod:`nephi.learn.trainer`; it needs nothing else (model
+   config, weights, preprocessing and training config are inside).
+2. :func:`register_with_model` brings the pair to the network grid exactly as training data was
+   (:func:`nephi.data.preprocess.preprocess_pair` with the checkpoint's preprocessing), predicts the
+   latent codes in one forward pass, and hands the prediction to
+   :func:`nephi.pipeline.pairwise.register` with ``network_view``: the fields live in the network grid's
+   frame, IO (``optim.steps`` > 0) refines copies of the latent codes (``io_params='latent'``)
+   or of the latent codes and fields (``'all'``) there, and the outputs are written on the
+   original fixed and moving grids (A = moving, B = fixed; warp.nii.gz maps fixed points to
+   moving points). The loaded model is never changed.
+3. :func:`register_pairs` does this for every row of a pairs CSV with one loaded model.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from nephi.config.loader import load_defaults
+from nephi.config.options import io_steps
+from nephi.data.preprocess import PrepConfig, preprocess_pair, read_pairs_csv
+from nephi.errors import NephiInputError
+from nephi.geometry.pair import PairTensors
+from nephi.io.atomic import check_output_dir
+from nephi.io.images import load_mask
+from nephi.models.encoder import RegistrationNet
+from nephi.pipeline.inputs import LoadedPair, select_device
+from nephi.pipeline.pairwise import register_pair
+from nephi.results.result import Result, summary_line
+
+__all__ = ["LoadedModel", "load_model", "base_config", "predict", "register_with_model",
+           "register_pairs"]
+
+SUMMARY_FIELDS = ("name", "status", "ncc_before", "ncc_after", "folding_percent",
+                  "landmark_error_before_mm", "landmark_error_after_mm", "feedforward_seconds",
+                  "io_seconds", "wall_time_s")
+
+
+@dataclass
+class LoadedModel:
+    """A trained network in eval mode and what came with it. Its parameters keep
+    ``requires_grad`` (IO with ``io_params='all'`` optimizes a copy of the fields)."""
+
+    net: RegistrationNet
+    prep: PrepConfig
+    train_config: dict
+    path: str
+    step: int
+    sample_in_mask: bool
+
+
+def load_model(path: str) -> LoadedModel:
+    """Load a training checkpoint (``best.pt`` or ``step_*.pt``) on the CPU."""
+    net, ckpt = RegistrationNet.load(path)
+    try:
+        prep = PrepConfig.from_dict(ckpt["preprocessing"])
+        cfg = ckpt["config"]
+        sample_in_mask = bool(cfg["data"]["sample_in_mask"])
+    except (KeyError, TypeError, NephiInputError) as exc:
+        raise NephiInputError(f"checkpoint {path}: incomplete or inconsistent "
+                              f"({exc})") from None
+    return LoadedModel(net=net, prep=prep, train_config=cfg, path=os.path.abspath(path),
+                       step=int(ckpt["step"]), sample_in_mask=sample_in_mask)
+
+
+def base_config(model: LoadedModel) -> dict:
+    """Pairwise defaults with the model's loss, latent prior and field settings, so IO from the
+    prediction optimizes what training optimized. Command-line options go on top of this."""
+    cfg = load_defaults("pairwise")
+    tc = model.train_config
+    fields = model.net.fields.cfg
+    for key in cfg["model"]:
+        cfg["model"][key] = getattr(fields, key)
+    cfg["loss"].update({k: tc["loss"][k] for k in cfg["loss"] if k in tc["loss"]})
+    cfg["latent"]["sigma"] = tc["latent"]["sigma"]
+    cfg["intensity"] = dict(model.prep.intensity)
+    cfg["optim"]["steps"] = 0
+    return cfg
+
+
+def predict(model: LoadedModel, pair: LoadedPair, cfg: dict, io_params: str = "latent",
+            moving_mask: np.ndarray | None = None, progress: bool = True) -> Result:
+    """Predict, optionally refine (``cfg['optim']['steps']`` IO steps) -> an in-memory Result.
+
+    ``pair.mask`` (fixed mask) and ``moving_mask`` (bool on the moving grid) are needed when the
+    model was trained on masked images; a fixed mask also restricts similarity points in IO.
+    """
+    if io_params not in ("latent", "all"):
+        raise NephiInputError(f"--io-params: {io_params!r} is not one of latent, all")
+    if model.prep.apply_mask and (pair.mask is None or moving_mask is None):
+        raise NephiInputError(f"checkpoint {model.path}: the network was trained on masked "
+                              "images; give the fixed and the moving mask (--mask and "
+                              "--moving-mask, or the CSV columns fixed_mask and moving_mask)")
+    device = select_device(cfg["device"])
+    t0 = time.perf_counter()
+    prepared = preprocess_pair(pair.moving, pair.fixed, model.prep, moving_mask=moving_mask,
+                               fixed_mask=pair.mask)
+    grid = prepared.grid
+    moving = torch.as_tensor(prepared.moving, device=device).reshape(1, 1, *grid.shape)
+    fixed = torch.as_tensor(prepared.fixed, device=device).reshape(1, 1, *grid.shape)
+    mask = None
+    if prepared.fixed_mask is not None:
+        mask = torch.as_tensor(prepared.fixed_mask, device=device).unsqueeze(0)
+    tensors = PairTensors(fixed, moving, grid, grid, mask)
+    prep_seconds = time.perf_counter() - t0
+
+    net = model.net.to(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        latent = net.encode(moving, fixed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    ff_seconds = time.perf_counter() - t1
+
+    extra = {
+        "mode": "feedforward" if io_steps(cfg) == 0 else "feedforward+io",
+        "checkpoint": model.path,
+        "checkpoint_step": model.step,
+        "io_params": io_params,
+        "network_grid": {"shape": list(grid.shape), "spacing_mm": grid.spacing.tolist(),
+                         "affine": grid.affine.tolist()},
+        "preprocessing": model.prep.to_dict(),
+        "preprocess_seconds": prep_seconds,
+        "feedforward_seconds": ff_seconds,
+    }
+    frame_to_net = pair.fixed.grid.frame_to(grid)
+    return register_pair(pair, cfg, progress=progress, init=(net.fields, latent),
+                         io_params=io_params, extra_summary=extra,
+                         network_view=(tensors, frame_to_net))
+
+
+def register_with_model(model: LoadedModel, pair: LoadedPair, out_dir: str, cfg: dict,
+                        io_params: str = "latent", moving_mask: np.ndarray | None = None,
+                        command: list | None = None, progress: bool = True) -> dict:
+    """:func:`predict`, then write the result folder ``out_dir``; returns the summary."""
+    check_output_dir(out_dir)
+    result = predict(model, pair, cfg, io_params, moving_mask, progress)
+    result.summary["command"] = command if command is not None else sys.argv
+    result.save(out_dir, qc=bool(cfg["output"].get("qc", False)))
+    return result.summary
+
+
+def register_pairs(model: LoadedModel, pairs_csv: str, out_dir: str, cfg: dict,
+                   io_params: str = "latent", command: list | None = None,
+                   progress: bool = True, log=print) -> dict:
+    """Register every pair of ``pairs_csv`` into ``out_dir/<name>/`` (name: the CSV's name
+    column, else ``pair_<row>``), skipping folders that already hold a summary.json.
+
+    Writes ``out_dir/pairs_summary.csv`` (one row per pair) and returns counts
+    ``{"done", "skipped", "failed"}``. A pair with bad input is reported and the others go on.
+    """
+    rows = read_pairs_csv(pairs_csv)
+    names = [r["name"] or f"pair_{i:04d}" for i, r in enumerate(rows, start=1)]
+    if len(set(names)) != len(names):
+        raise NephiInputError(f"pairs CSV {pairs_csv}: names must be unique")
+    os.makedirs(out_dir, exist_ok=True)
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    records = []
+    for k, (row, name) in enumerate(zip(rows, names), start=1):
+        sub = os.path.join(out_dir, name)
+        summary_path = os.path.join(sub, "summary.json")
+        if os.path.isfile(summary_path):
+            counts["skipped"] += 1
+            with open(summary_path) as fh:
+                records.append(_record(name, "skipped (already done)", json.load(fh)))
+            continue
+        try:
+            pair = LoadedPair(row["moving"], row["fixed"], row["fixed_mask"], row["fixed_points"],
+                              row["moving_points"])
+            moving_mask = (load_mask(row["moving_mask"], pair.moving.grid, what="moving mask")
+                           if row["moving_mask"] else None)
+            summary = register_with_model(model, pair, sub, cfg, io_params, moving_mask,
+                                          command=command, progress=progress)
+        except NephiInputError as exc:
+            counts["failed"] += 1
+            log(f"nephi-infer: pair {name} (CSV line {row['line']}) failed: {exc}")
+            records.append({"name": name, "status": f"failed: {exc}"})
+            continue
+        counts["done"] += 1
+        records.append(_record(name, "done", summary))
+        log(f"nephi-infer: [{k}/{len(rows)}] {name}: {summary_line(summary)}")
+    with open(os.path.join(out_dir, "pairs_summary.csv"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(records)
+    return counts
+
+
+def _record(name: str, status: str, summary: dict) -> dict:
+    rec = {"name": name, "status": status}
+    for key in SUMMARY_FIELDS[2:]:
+        value = summary.get(key)
+        if isinstance(value, dict):
+            value = value.get("mean_mm")
+        rec[key] = value
+    return rec

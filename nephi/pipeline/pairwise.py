@@ -1,0 +1,162 @@
+"""Register one pair: optimize, evaluate densely, measure; then (optionally) write the folder.
+
+A = moving, B = fixed. ``phi_AB`` maps fixed points to moving points; the warped image is the
+moving image pulled back onto the fixed grid. Every IO mode goes the same way:
+:func:`nephi.optim.engine.instance_optimize` returns the point maps (phi_AB, phi_BA) of the frame
+it optimized in, :class:`~nephi.transforms.base.Conjugated` brings them to the fixed image's
+frame when that was a network's grid, and dense export, metrics and files are the same for every
+mode. :func:`register_pair` returns a :class:`~nephi.results.result.Result` in memory;
+:func:`register` also writes it (files: :mod:`nephi.io.layout`).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+
+from nephi import __version__
+from nephi.config.validate import validate_pairwise
+from nephi.data.preprocess import resample
+from nephi.geometry.pair import PairTensors
+from nephi.io.atomic import check_output_dir
+from nephi.io.intensity import normalize
+from nephi.objectives.similarity import ncc
+from nephi.optim.engine import IOResult, instance_optimize
+from nephi.pipeline.inputs import LoadedPair, select_device
+from nephi.results.metrics import folding_percent, landmark_errors
+from nephi.results.result import Result
+from nephi.transforms.base import Conjugated
+from nephi.transforms.dense import DenseFields, dense_fields
+from nephi.transforms.displacement import Field
+
+__all__ = ["pair_tensors", "register_pair", "register"]
+
+
+def pair_tensors(pair: LoadedPair, cfg: dict, device) -> PairTensors:
+    """Normalized intensities of both images as (1, 1, *S) tensors on ``device``."""
+    icfg = cfg["intensity"]
+
+    def prep(img):
+        arr = normalize(img.data, icfg["method"], icfg["low"], icfg["high"], icfg["window"])
+        return torch.as_tensor(arr, device=device).reshape(1, 1, *img.grid.shape)
+
+    mask = None
+    if pair.mask is not None:
+        mask = torch.as_tensor(pair.mask, device=device).unsqueeze(0)
+    return PairTensors(prep(pair.fixed), prep(pair.moving), pair.fixed.grid, pair.moving.grid, mask)
+
+
+def _ncc_in(a: np.ndarray, b: np.ndarray, region: np.ndarray | None) -> float:
+    if region is not None:
+        a, b = a[region], b[region]
+    return float(ncc(torch.as_tensor(a, dtype=torch.float64).reshape(1, -1),
+                     torch.as_tensor(b, dtype=torch.float64).reshape(1, -1))[0])
+
+
+def _peak_memory_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _summary(pair: LoadedPair, dense: DenseFields, io: IOResult, device) -> dict:
+    """Metrics of a registration: NCC before/after, folding, inverse consistency, landmarks."""
+    region = pair.mask
+    before = resample(pair.moving.data, pair.moving.grid, pair.fixed.grid)
+    errors = dense.inverse_error_mm[region] if region is not None else dense.inverse_error_mm
+    summary = {
+        "nephi_version": __version__,
+        "direction": "warp.nii.gz maps fixed points p (LPS mm) to moving points p + d(p); "
+                     "warped = moving(phi_AB(x)) on the fixed grid",
+        "moving": os.path.abspath(pair.moving.path) if pair.moving.path else None,
+        "fixed": os.path.abspath(pair.fixed.path) if pair.fixed.path else None,
+        "mask": pair.mask_path,
+        "landmarks": pair.landmarks_path,
+        "moving_landmarks": pair.moving_landmarks_path,
+        "ncc_region": "mask" if region is not None else "fixed image",
+        "ncc_before": _ncc_in(before, pair.fixed.data, region),
+        "ncc_after": _ncc_in(dense.warped, pair.fixed.data, region),
+        "folding_percent": folding_percent(dense.jacobian),
+        "jacobian_min": float(dense.jacobian.min()),
+        "inverse_consistency_mm_mean": float(errors.mean()),
+        "inverse_consistency_mm_p95": float(np.percentile(errors, 95)),
+        "io_mode": io.mode,
+        "io_inverse": io.info.get("inverse"),
+        "io_info": io.info,
+        "io_steps": io.steps,
+        "io_seconds": io.seconds,
+        "final_losses": io.history[-1] if io.history else {},
+        "device": str(device),
+    }
+    if region is not None:
+        summary["folding_percent_in_mask"] = folding_percent(dense.jacobian[region])
+    return summary
+
+
+def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tuple | None = None,
+                  io_params: str = "all", network_view: tuple | None = None,
+                  extra_summary: dict | None = None) -> Result:
+    """Register ``pair`` with the IO mode ``cfg['io']['mode']`` -> an in-memory Result.
+
+    ``cfg``: a resolved pairwise config (validated here). ``init``: optional (fields, latent) to
+    start from (a network's prediction); they are copied, never changed. Without it the maps
+    start at the identity (``nephi``: fresh fields). ``network_view``: optional (tensors,
+    frame_to_net): the pair as a trained network sees it (:class:`PairTensors` on the network's
+    grid) and the homogeneous matrix from the fixed image's frame to that grid's frame; IO then
+    runs there and the result still lives on the original fixed and moving grids.
+    ``extra_summary`` is merged into the summary.
+    """
+    validate_pairwise(cfg)
+    t0 = time.perf_counter()
+    device = select_device(cfg["device"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if network_view is None:
+        tensors, frame_to_net = pair_tensors(pair, cfg, device), None
+    else:
+        tensors, frame_to_net = network_view
+    io = instance_optimize(tensors, cfg, init=init, io_params=io_params, progress=progress)
+    phi_ab, phi_ba = io.phi_ab, io.phi_ba
+    if frame_to_net is not None:
+        phi_ab, phi_ba = Conjugated(phi_ab, frame_to_net), Conjugated(phi_ba, frame_to_net)
+
+    t_dense = time.perf_counter()
+    dense = dense_fields(phi_ab, phi_ba, pair.moving.data, pair.fixed.grid, pair.moving.grid,
+                         device, int(cfg["output"]["chunk"]))
+    summary = _summary(pair, dense, io, device)
+    summary["dense_seconds"] = time.perf_counter() - t_dense
+    mapped = None
+    if pair.landmarks is not None:
+        forward = Field(dense.forward_disp_ras, pair.fixed.grid)
+        mapped = forward(pair.landmarks)
+        if pair.moving_landmarks is not None:
+            summary["landmark_error_before_mm"] = landmark_errors(pair.landmarks,
+                                                                  pair.moving_landmarks)
+            summary["landmark_error_after_mm"] = landmark_errors(mapped, pair.moving_landmarks)
+    summary.update(extra_summary or {})
+    summary["wall_time_s"] = time.perf_counter() - t0
+    summary["peak_memory_mb"] = _peak_memory_mb(device)
+    summary["peak_memory_kind"] = ("torch.cuda.max_memory_allocated" if device.type == "cuda"
+                                   else "process max RSS")
+    summary["config"] = cfg
+    return Result(forward=Field(dense.forward_disp_ras, pair.fixed.grid),
+                  inverse=Field(dense.backward_disp_ras, pair.moving.grid),
+                  jacobian=dense.jacobian, warped=dense.warped, summary=summary,
+                  landmarks_moving=mapped, fixed=pair.fixed, moving=pair.moving, mask=pair.mask)
+
+
+def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = None,
+             progress: bool = True, **options) -> dict:
+    """:func:`register_pair`, then write the result folder ``out_dir`` (atomically; the
+    summary records ``command``). ``options`` go to :func:`register_pair`. Returns the summary."""
+    validate_pairwise(cfg)
+    check_output_dir(out_dir)
+    result = register_pair(pair, cfg, progress=progress, **options)
+    result.summary["command"] = command if command is not None else sys.argv
+    result.save(out_dir, qc=bool(cfg["output"].get("qc", False)))
+    return result.summary

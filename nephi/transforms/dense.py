@@ -1,0 +1,103 @@
+"""Dense evaluation of NePhi maps on voxel grids, in chunks (memory bounded by the chunk size).
+
+Produces what ``nephi-infer`` writes: displacement fields in RAS mm on the fixed grid (forward)
+and on the moving grid (backward), the warped moving image, the Jacobian determinant of phi_AB
+and the inverse-consistency error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import numpy as np
+import torch
+from nephi.transforms.jacobian import jacobian_determinant_dense
+from nephi.geometry.grid import Grid, apply_affine_torch
+from nephi.geometry.sampling import sample_image
+from nephi.geometry.sampling import interpolate_linear
+from nephi.transforms.base import PointMap
+
+@torch.no_grad()
+def evaluate_chunked(fn: PointMap, points: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Apply a point map (1, n, d) -> (1, n, d) to points (M, d) in chunks -> (M, d)."""
+    out = torch.empty_like(points)
+    for start in range(0, points.shape[0], chunk):
+        stop = min(start + chunk, points.shape[0])
+        out[start:stop] = fn(points[start:stop].unsqueeze(0))[0]
+    return out
+
+
+@dataclass
+class DenseFields:
+    """Dense outputs of a registration (numpy, float32 unless noted).
+
+    forward_disp_ras: (*S_fixed, d) phi_AB(x) - x in RAS mm on the fixed grid.
+    backward_disp_ras: (*S_moving, d) phi_BA(y) - y in RAS mm on the moving grid.
+    warped: (*S_fixed) moving intensities at phi_AB(x) (linear, 0 outside the moving image).
+    jacobian: (*S_fixed) det of the Jacobian of phi_AB.
+    inverse_error_mm: (*S_fixed) |phi_BA(phi_AB(x)) - x| in mm.
+    """
+
+    forward_disp_ras: np.ndarray
+    backward_disp_ras: np.ndarray
+    warped: np.ndarray
+    jacobian: np.ndarray
+    inverse_error_mm: np.ndarray
+
+
+def frame_points_of(grid: Grid, frame_grid: Grid, device) -> torch.Tensor:
+    """Frame coordinates (of ``frame_grid``) of every voxel of ``grid``, shape (M, d)."""
+    pts = grid.normalized_points(device=device).reshape(-1, grid.ndim)
+    return apply_affine_torch(grid.frame_to(frame_grid), pts)
+
+
+def dense_fields(phi_ab: PointMap, phi_ba: PointMap, moving_data: np.ndarray, fixed_grid: Grid,
+                 moving_grid: Grid, device, chunk: int = 32768) -> DenseFields:
+    """Evaluate both maps (frame -> frame, on (1, n, d) points) densely; see :class:`DenseFields`."""
+    d = fixed_grid.ndim
+    frame_to_ras = fixed_grid.normalized_to_ras
+    x = fixed_grid.normalized_points(device=device).reshape(-1, d)
+    ab = evaluate_chunked(phi_ab, x, chunk)
+    forward_disp = apply_affine_torch(frame_to_ras, ab) - apply_affine_torch(frame_to_ras, x)
+
+    moving = torch.as_tensor(moving_data, dtype=torch.float32, device=device)
+    moving = moving.reshape(1, 1, *moving_grid.shape)
+    frame_to_moving = fixed_grid.frame_to(moving_grid)
+    warped = torch.empty(x.shape[0], device=device)
+    for start in range(0, x.shape[0], chunk):
+        pts = apply_affine_torch(frame_to_moving, ab[start:start + chunk]).unsqueeze(0)
+        warped[start:start + chunk] = sample_image(moving, pts, padding="zeros")[0, 0]
+
+    index = apply_affine_torch(fixed_grid.normalized_to_index, ab)
+    index = index.reshape(*fixed_grid.shape, d).movedim(-1, 0)
+    det = jacobian_determinant_dense(index)
+
+    round_trip = evaluate_chunked(phi_ba, ab, chunk)
+    ic_mm = (apply_affine_torch(frame_to_ras, round_trip) - apply_affine_torch(frame_to_ras, x))
+    ic_mm = ic_mm.norm(dim=-1)
+
+    y = frame_points_of(moving_grid, fixed_grid, device)
+    ba = evaluate_chunked(phi_ba, y, chunk)
+    backward_disp = apply_affine_torch(frame_to_ras, ba) - apply_affine_torch(frame_to_ras, y)
+
+    def arr(t, shape):
+        return t.reshape(*shape).cpu().numpy().astype(np.float32)
+
+    return DenseFields(
+        forward_disp_ras=arr(forward_disp, (*fixed_grid.shape, d)),
+        backward_disp_ras=arr(backward_disp, (*moving_grid.shape, d)),
+        warped=arr(warped, fixed_grid.shape),
+        jacobian=arr(det, fixed_grid.shape),
+        inverse_error_mm=arr(ic_mm, fixed_grid.shape),
+    )
+
+
+def tabulate(fn: PointMap, shape, device) -> PointMap:
+    """fn (1, n, d) -> (1, n, d) tabulated on a grid of ``shape`` over [-1, 1]^d (voxel centres,
+    align_corners) and linearly interpolated between: x -> x + D(x), with D the table of
+    fn(p) - p (:func:`nephi.geometry.sampling.interpolate_linear`: twice differentiable in x, constant
+    beyond the border). Exact at the grid points; its second derivatives vanish between them."""
+    axes = [torch.linspace(-1.0, 1.0, int(n), device=device) for n in shape]
+    pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
+    disp = evaluate_chunked(fn, pts, 32768) - pts
+    table = disp.reshape(*shape, len(shape)).movedim(-1, 0).unsqueeze(0)
+    return lambda x: x + interpolate_linear(table.expand(x.shape[0], *table.shape[1:]), x)
