@@ -37,6 +37,7 @@ import tempfile
 
 import numpy as np
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -70,8 +71,8 @@ def worker(data: str, out: str, mode: str, sets: list, threads: int) -> None:
 
 def composition_error_vox(out: str, mask: np.ndarray) -> float:
     """Mean over mask voxels of the round trip through the two exported fields, fixed voxels."""
-    from nephi.transforms.displacement import map_points
     from nephi.results.result import Result
+    from nephi.transforms.displacement import map_points
 
     res = Result.load(out)
     fwd, inv = res.field(), res.field(inverse=True)

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from nephi.config.loader import load_defaults, set_dotted
-from nephi.transforms.jacobian import NEPHI_METHODS, jacobian
-from nephi.transforms.base import Composition
 from nephi.geometry.grid import Grid
-from nephi.objectives.regularizers import gradicon
+from nephi.geometry.pair import PairTensors
 from nephi.models.fields import FieldConfig, Latent, NephiFields
 from nephi.objectives.nephi_loss import nephi_terms
-from nephi.geometry.pair import PairTensors
+from nephi.objectives.regularizers import gradicon
+from nephi.transforms.base import Composition
+from nephi.transforms.jacobian import NEPHI_METHODS, jacobian
 
 
 def timed(fn, repeats: int) -> float:

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -121,9 +122,9 @@ def voxel_gradicon_loss(net: UNet, moving: torch.Tensor, fixed: torch.Tensor,
 # ----------------------------------------------------------------------------- one measurement
 def measure(method: str, ndim: int, size: int, batch: int, steps: int, points: int,
             reg_points: int, device: str, jacobian: str | None = None) -> dict:
+    from nephi.config.loader import resolve_config
     from nephi.geometry.grid import Grid
     from nephi.learn.trainer import TrainStep, build_net
-    from nephi.config.loader import resolve_config
 
     dev = torch.device(device)
     shape = (size,) * ndim

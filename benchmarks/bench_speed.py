@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Runs inside a fresh interpreter whose sys.path starts with the tree being measured; only API

@@ -20,11 +20,13 @@ import sys
 
 import numpy as np
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks.bench_peers import checkpoint_seeds, nephi_infer, thread_env  # noqa: E402
+
 
 HELDOUT_SEED = 5000
 

@@ -40,14 +40,16 @@ from typing import Callable, Optional
 
 import numpy as np
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from nephi.io.fields import read_displacement_field, write_displacement_field
 from nephi.geometry.grid import Grid
+from nephi.io.fields import read_displacement_field, write_displacement_field
 from nephi.io.images import load_image, load_points, save_points
 from nephi.transforms.displacement import map_points
+
 
 FIELD_FILE = "field.nii.gz"
 POINTS_FILE = "points_moving.csv"

@@ -4,5 +4,6 @@ import sys
 
 from nephi.data.synthetic_lung import main
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,5 +16,6 @@ from nephi.errors import NephiInputError  # noqa: E402
 from nephi.pipeline.api import Model, load_model, pairwise_config, register  # noqa: E402
 from nephi.results.result import Result  # noqa: E402
 
+
 __all__ = ["__version__", "register", "load_model", "pairwise_config", "Model", "Result",
            "NephiInputError"]

@@ -10,6 +10,7 @@ import dataclasses
 
 from nephi.errors import NephiInputError
 
+
 __all__ = ["from_mapping"]
 
 

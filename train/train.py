@@ -10,6 +10,7 @@ import sys
 
 from nephi.cli.train import main
 
+
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "lung_cpu.yaml")
 

@@ -1,0 +1,3 @@
+"""Every console script (nephi-infer, nephi-warp, nephi-points, nephi-eval, nephi-prep, nephi-train):
+argument parsing over the library, one-line errors.
+"""

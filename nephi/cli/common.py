@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Callable
+
 from nephi.errors import EXIT_INPUT_ERROR, NephiInputError
+
 
 def one_line(text) -> str:
     """``text`` with line breaks folded into spaces, so an error stays on one stderr line."""

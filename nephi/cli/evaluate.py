@@ -4,7 +4,9 @@ definitions of every number are in :mod:`nephi.results.evaluate`)."""
 from __future__ import annotations
 
 import sys
+
 from nephi.cli.common import OneLineParser, run_cli
+
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(

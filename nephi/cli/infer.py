@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-import argparse
 from nephi.cli.common import OneLineParser, run_cli
 from nephi.config.loader import resolve_config as resolve_config_files
 from nephi.config.options import MODE_OPTIONS, RUN_OPTIONS, apply_options, key_names
@@ -16,6 +16,7 @@ from nephi.pipeline.feedforward import base_config, load_model, register_pairs, 
 from nephi.pipeline.inputs import LoadedPair, select_device
 from nephi.pipeline.pairwise import register
 from nephi.results.result import summary_line
+
 
 __all__ = ["build_parser", "resolve_config", "check_options", "main"]
 

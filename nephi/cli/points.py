@@ -3,10 +3,11 @@ logic is in :mod:`nephi.results.points`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
-import os
 from nephi.cli.common import OneLineParser, run_cli
+
 
 def build_parser() -> OneLineParser:
     p = OneLineParser(

@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
 from nephi.cli.common import OneLineParser, run_cli
 from nephi.data.preprocess import PrepConfig, read_pairs_csv
 from nephi.errors import NephiInputError
+
 
 H5_SUFFIXES = (".h5", ".hdf5")
 
@@ -145,9 +147,7 @@ def _triangles_circles(nifti_handler):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nephi.data import dirlab
-    from nephi.data import synthetic_lung
-    from nephi.data import triangles_circles
+    from nephi.data import dirlab, synthetic_lung, triangles_circles
 
     parser = OneLineParser(prog="nephi-prep",
                            description="Build datasets for nephi: HDF5 pair files for training "

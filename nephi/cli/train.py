@@ -19,6 +19,7 @@ from nephi.errors import NephiInputError
 from nephi.learn.trainer import step_checkpoints, train
 from nephi.models.checkpoint import load_checkpoint
 
+
 __all__ = ["build_parser", "main"]
 
 

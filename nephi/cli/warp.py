@@ -7,6 +7,7 @@ import sys
 
 from nephi.cli.common import OneLineParser, run_cli
 
+
 def build_parser() -> OneLineParser:
     p = OneLineParser(
         prog="nephi-warp",
@@ -31,8 +32,8 @@ def build_parser() -> OneLineParser:
 
 
 def _run(argv) -> int:
-    from nephi.results.warp import warp_file
     from nephi.results.result import Result
+    from nephi.results.warp import warp_file
 
     args = build_parser().parse_args(argv)
     result = Result.load(args.result, what="--result")

@@ -14,6 +14,7 @@ import yaml
 
 from nephi.errors import NephiInputError
 
+
 __all__ = ["load_defaults", "read_yaml", "merge", "set_dotted", "parse_override", "get",
            "apply_overrides", "resolve_config"]
 

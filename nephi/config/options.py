@@ -11,6 +11,7 @@ from __future__ import annotations
 from nephi.config.loader import set_dotted
 from nephi.errors import NephiInputError
 
+
 __all__ = ["MODE_OPTIONS", "RUN_OPTIONS", "mode_section", "option_key", "io_steps",
            "option_keys", "key_names", "apply_options"]
 

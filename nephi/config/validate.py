@@ -23,6 +23,7 @@ from nephi.objectives.similarity import SIMILARITIES, stencil_offsets
 from nephi.transforms.jacobian import METHODS as DERIVATIVE_METHODS
 from nephi.transforms.jacobian import NEPHI_METHODS
 
+
 __all__ = ["MODES", "REGULARIZER_SPACES", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "SCHEDULES",
            "VAL_METRICS", "DATA_BUILDS", "MIXED_PRECISION", "require_positive", "require_finite",
            "validate_io", "validate_pairwise", "validate_training"]

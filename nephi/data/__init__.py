@@ -1,0 +1,3 @@
+"""Training data: preprocessing onto a network grid, the HDF5 pair file, dataset builders, and the
+generators and converters (synthetic lung, Triangles & Circles, DIR-LAB, COPDGene).
+"""

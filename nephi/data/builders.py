@@ -15,12 +15,15 @@ import multiprocessing
 import os
 import sys
 from typing import Callable, Iterable
+
 import numpy as np
+
 from nephi.data.pairfile import PairFileWriter
-from nephi.data.preprocess import PrepConfig, per_axis, assign_splits, preprocess_pair
+from nephi.data.preprocess import PrepConfig, assign_splits, per_axis, preprocess_pair
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid, spatial_affine
 from nephi.io.images import Image, load_image, load_mask, load_points
+
 
 LUNG_WINDOW = {"method": "window", "low": 1.0, "high": 99.0, "window": [-1000.0, 0.0]}
 

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import os
 import re
+
 from nephi.errors import NephiInputError
+
 
 MASK_SUFFIX = "_lung_mask"
 

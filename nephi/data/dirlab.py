@@ -67,8 +67,10 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+
 import nibabel as nib
 import numpy as np
+
 
 __all__ = [
     "CaseGeometry",

@@ -1,17 +1,22 @@
-"""TODO docstring."""
+"""The HDF5 pair file of training data (layout in :mod:`nephi.data.preprocess`): writing it
+atomically (:class:`PairFileWriter`), reading it (:class:`PairFile`) and a torch Dataset of one
+split (:class:`PairDataset`).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+
 import h5py
 import numpy as np
 import torch
+
 from nephi import __version__
+from nephi.data.preprocess import PreparedPair, PrepConfig
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
-from nephi.data.preprocess import PrepConfig
-from nephi.data.preprocess import PreparedPair
+
 
 FORMAT = "nephi-pairs"
 

@@ -39,14 +39,17 @@ from __future__ import annotations
 import csv
 import os
 from dataclasses import asdict, dataclass, field
+
 import numpy as np
 import torch
+
 from nephi.errors import NephiInputError
-from nephi.records import from_mapping
 from nephi.geometry.grid import Grid, apply_affine_torch
+from nephi.geometry.sampling import sample_image
 from nephi.io.images import Image
 from nephi.io.intensity import normalize
-from nephi.geometry.sampling import sample_image
+from nephi.records import from_mapping
+
 
 @dataclass
 class PrepConfig:

@@ -75,10 +75,12 @@ import argparse
 import dataclasses
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
 import nibabel as nib
 import numpy as np
 from scipy.spatial import cKDTree
 from scipy.special import erf, erfc, expit
+
 
 AIR_HU = -1000.0
 

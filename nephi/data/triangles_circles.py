@@ -45,7 +45,9 @@ import argparse
 import math
 import os
 from typing import Any, Dict, Optional, Sequence, Union
+
 import numpy as np
+
 
 MODES = ("solid", "hollow")
 

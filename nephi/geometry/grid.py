@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from nibabel.affines import apply_affine
 
+
 __all__ = ["Grid", "ras_lps_flip", "ras_to_lps", "lps_to_ras", "apply_affine", "apply_affine_torch",
            "spatial_affine", "nifti_affine", "to_grid_sample_order"]
 

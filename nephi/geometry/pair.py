@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from nephi.geometry.grid import Grid, apply_affine_torch
 from nephi.geometry.sampling import sample_image
+
 
 class PairTensors:
     """Fixed (B, 1, *S_f) and moving (B, 1, *S_m) intensity tensors with their grids.

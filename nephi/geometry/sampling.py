@@ -15,9 +15,12 @@ sampled grid.
 from __future__ import annotations
 
 import itertools
+
 import torch
 import torch.nn.functional as F
+
 from nephi.geometry.grid import to_grid_sample_order
+
 
 def sample_image(volume: torch.Tensor, points: torch.Tensor, mode: str = "bilinear",
                  padding: str = "border") -> torch.Tensor:

@@ -16,6 +16,7 @@ from typing import Callable
 
 from nephi.errors import NephiInputError
 
+
 __all__ = ["AtomicDir", "write_file", "check_output_dir", "check_output_path"]
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import nibabel as nib
 import numpy as np
+
 from nephi.errors import NephiInputError, short_reason
 from nephi.geometry.grid import Grid, ras_to_lps, spatial_affine
 from nephi.io.images import save_image
 from nephi.transforms.displacement import Field
+
 
 __all__ = ["NIFTI_INTENT_VECTOR", "displacement_to_itk_array", "write_displacement_field",
            "read_displacement_field", "read_field", "save_scalar"]

@@ -10,10 +10,13 @@ import csv
 import logging
 import os
 from dataclasses import dataclass
+
 import nibabel as nib
 import numpy as np
+
 from nephi.errors import NephiInputError, short_reason
 from nephi.geometry.grid import Grid, spatial_affine
+
 
 @dataclass
 class Image:
@@ -66,6 +69,18 @@ class _NibabelMessages(logging.Handler):
             self._logger.handle(record)
 
 
+def _check_file(path: str, what: str, kind: str) -> str:
+    """The label ``"<what> <path>"`` of an input file that exists and is not a folder."""
+    label = f"{what} {path}"
+    if not path:
+        raise NephiInputError(f"{what}: empty file name")
+    if not os.path.exists(path):
+        raise NephiInputError(f"{label}: file not found")
+    if os.path.isdir(path):
+        raise NephiInputError(f"{label}: is a folder, expected {kind}")
+    return label
+
+
 def load_image(path: str, what: str = "image", allow_nonfinite: bool = False) -> Image:
     """Load a 2-D or 3-D NIfTI; raise NephiInputError naming ``path`` on any problem.
 
@@ -73,13 +88,7 @@ def load_image(path: str, what: str = "image", allow_nonfinite: bool = False) ->
     corrupt header, truncated or corrupt data, unsupported voxel type) becomes one
     NephiInputError whose message names the file and the problem.
     """
-    label = f"{what} {path}"
-    if not path:
-        raise NephiInputError(f"{what}: empty file name")
-    if not os.path.exists(path):
-        raise NephiInputError(f"{label}: file not found")
-    if os.path.isdir(path):
-        raise NephiInputError(f"{label}: is a folder, expected a NIfTI file")
+    label = _check_file(path, what, "a NIfTI file")
     if not os.access(path, os.R_OK):
         raise NephiInputError(f"{label}: permission denied")
     if os.path.getsize(path) == 0:
@@ -198,13 +207,7 @@ def save_image(path: str, data: np.ndarray, grid: Grid, dtype=np.float32, intent
 
 def load_points(path: str, ndim: int, what: str = "points") -> np.ndarray:
     """Read a CSV point set (header x,y[,z], RAS mm) -> float64 array (N, ndim)."""
-    label = f"{what} {path}"
-    if not path:
-        raise NephiInputError(f"{what}: empty file name")
-    if not os.path.exists(path):
-        raise NephiInputError(f"{label}: file not found")
-    if os.path.isdir(path):
-        raise NephiInputError(f"{label}: is a folder, expected a CSV file")
+    label = _check_file(path, what, "a CSV file")
     names = ["x", "y", "z"][:ndim]
     rows = []
     try:

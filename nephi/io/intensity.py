@@ -15,7 +15,9 @@ values), the encoder's inputs and clipping are not; hence the option.
 from __future__ import annotations
 
 import numpy as np
+
 from nephi.errors import NephiInputError
+
 
 METHODS = ("percentile", "window", "none")
 

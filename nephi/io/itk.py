@@ -31,9 +31,12 @@ moving image onto the fixed grid.
 from __future__ import annotations
 
 import platform
+
 import h5py
 import numpy as np
+
 from nephi.geometry.grid import Grid, ras_to_lps
+
 
 # The ITK version whose HDF5 transform layout this module writes (ITK's readers ignore it).
 ITK_LAYOUT_VERSION = "5.4.0"

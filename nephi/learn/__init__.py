@@ -1,0 +1,3 @@
+"""Training learning-based NePhi with accelerate: the :class:`~nephi.learn.trainer.Trainer` and
+validation.
+"""

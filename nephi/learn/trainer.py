@@ -38,21 +38,24 @@ import os
 import random
 import sys
 import time
+
 import numpy as np
 import torch
 import yaml
+
 from nephi.config.loader import set_dotted
+from nephi.config.validate import validate_training
 from nephi.data.pairfile import PairDataset, PairFile
-from nephi.models.encoder import EncoderConfig, RegistrationNet
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
-from nephi.objectives.terms import total
+from nephi.geometry.pair import PairTensors
+from nephi.learn.validation import log_validation, selection_metric, validation_metrics
+from nephi.models.checkpoint import code_version, load_checkpoint
+from nephi.models.encoder import EncoderConfig, RegistrationNet
 from nephi.models.fields import FieldConfig
 from nephi.objectives.nephi_loss import nephi_terms
-from nephi.geometry.pair import PairTensors
-from nephi.models.checkpoint import code_version, load_checkpoint
-from nephi.config.validate import validate_training
-from nephi.learn.validation import log_validation, selection_metric, validation_metrics
+from nephi.objectives.terms import total
+
 
 def lr_factor(cfg: dict, step: int) -> float:
     """Learning-rate multiplier after ``step`` optimizer steps: linear warmup, then the schedule."""

@@ -1,21 +1,26 @@
-"""TODO docstring."""
+"""Validation during training: metrics of the validation pairs (loss terms, folding, landmark
+error, Dice from :mod:`nephi.results.metrics`), TensorBoard images, and the metric that selects
+``best.pt``.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
 from nephi.data.pairfile import PairFile
-from nephi.transforms.dense import evaluate_chunked
-from nephi.transforms.jacobian import jacobian_determinant_dense
-from nephi.models.encoder import RegistrationNet
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
-from nephi.results.metrics import landmark_errors, mean_dice, folding_percent
-from nephi.transforms.displacement import map_points
-from nephi.objectives.terms import total
-from nephi.objectives.nephi_loss import nephi_terms
 from nephi.geometry.pair import PairTensors
 from nephi.geometry.sampling import sample_image
+from nephi.models.encoder import RegistrationNet
+from nephi.objectives.nephi_loss import nephi_terms
+from nephi.objectives.terms import total
+from nephi.results.metrics import folding_percent, landmark_errors, mean_dice
+from nephi.transforms.dense import evaluate_chunked
+from nephi.transforms.displacement import map_points
+from nephi.transforms.jacobian import jacobian_determinant_dense
+
 
 METRICS = {"landmark_error": ("val/landmark_error_mm", "min"),
            "dice": ("val/dice", "max"),

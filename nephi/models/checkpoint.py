@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+
 import torch
 
-from nephi.io.atomic import write_file
 from nephi import __version__
 from nephi.errors import NephiInputError, short_reason
+from nephi.io.atomic import write_file
+
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "code_version", "save_checkpoint",
            "load_checkpoint"]

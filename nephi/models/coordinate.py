@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+
 import torch
 from torch import nn
 
-from nephi.records import from_mapping
 from nephi.models.fields import FourierFeatures
+from nephi.records import from_mapping
+
 
 ACTIVATIONS = ("sine", "sine+", "chirp", "morlet", "relu")
 

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+
 import torch
 from torch import nn
+
 from nephi.errors import NephiInputError, short_reason
 from nephi.models.checkpoint import load_checkpoint, save_checkpoint
 from nephi.models.fields import FieldConfig, Latent, NephiFields
 from nephi.records import from_mapping
+
 
 def downsampled_shape(shape, level: int) -> tuple:
     """Spatial shape after ``level`` stride-2 blocks: each axis n -> ceil(n / 2) per block."""

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
 from nephi.geometry.sampling import interpolate_linear, interpolate_linear_with_grad
+
 
 @dataclass
 class FieldConfig:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from nephi.geometry.pair import PairTensors
+from nephi.models.fields import Latent, NephiFields
+from nephi.objectives.regularizers import gradicon
+from nephi.objectives.similarity import similarity_terms
+from nephi.objectives.terms import Term
 from nephi.transforms.base import Composition
 from nephi.transforms.jacobian import jacobian
-from nephi.objectives.regularizers import gradicon
-from nephi.objectives.terms import Term
-from nephi.objectives.similarity import similarity_terms
-from nephi.models.fields import Latent, NephiFields
-from nephi.geometry.pair import PairTensors
+
 
 def latent_prior(latent: Latent, sigma: float) -> torch.Tensor:
     """Eq. 7: ||z_g||^2 / sigma^2 + mean over grid cells of ||z_l(i)||^2 / sigma^2, batch mean."""

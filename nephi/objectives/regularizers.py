@@ -51,11 +51,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, Optional
+
 import torch
+
 from nephi.objectives.terms import Term
+from nephi.transforms.base import Composition, PointMap
 from nephi.transforms.jacobian import NEPHI_METHODS, jacobian
-from nephi.transforms.base import Composition
-from nephi.transforms.base import PointMap
+
 
 HYPERELASTIC_DEFAULTS = {"alpha_l": 1.0, "alpha_a": 1.0, "alpha_v": 1.0}
 """Default hyperelastic weights: the papers give none; IDIR's reference code

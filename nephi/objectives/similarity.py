@@ -9,7 +9,9 @@ points, the mean over the batch is returned. Similarity (one place for all modes
 from __future__ import annotations
 
 import torch
+
 from nephi.objectives.terms import Term
+
 
 def ncc(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Normalized cross-correlation of samples a, b (B, N) -> (B,), in [-1, 1] (unitless)."""

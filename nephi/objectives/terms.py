@@ -1,9 +1,15 @@
-"""TODO docstring."""
+"""Named loss terms: a value, the weight it enters the loss with, and its unit.
+
+Every objective in nephi returns ``{name: Term}``; :func:`total` is the weighted sum that is
+optimized and :func:`diagnostics` the plain numbers that are logged.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
+
 
 @dataclass
 class Term:

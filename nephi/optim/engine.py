@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+
 import torch
 from tqdm import tqdm
-from nephi.optim.modes import build_mode
-from nephi.objectives.terms import total
+
 from nephi.geometry.pair import PairTensors
+from nephi.objectives.terms import total
+from nephi.optim.modes import build_mode
 from nephi.transforms.base import PointMap
+
 
 @dataclass
 class IOResult:

@@ -54,20 +54,22 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from typing import Iterator
+
 import torch
 from torch import nn
-from nephi.models.coordinate import CoordinateNet, CoordinateNetConfig
-from nephi.objectives.similarity import similarity_terms, stencil_offsets
-from nephi.models.fields import FieldConfig, Latent, NephiFields
-from nephi.records import from_mapping
-from nephi.objectives.nephi_loss import nephi_terms
-from nephi.geometry.pair import PairTensors
-from nephi.objectives.regularizers import regularizer_terms
-from nephi.optim.refinements import DisplacementRefinement
+
 from nephi.config.validate import FIXED_STEP_SOLVERS, MODES
-from nephi.optim.refinements import FlowRefinement
+from nephi.geometry.pair import PairTensors
+from nephi.models.coordinate import CoordinateNet, CoordinateNetConfig
+from nephi.models.fields import FieldConfig, Latent, NephiFields
+from nephi.objectives.nephi_loss import nephi_terms
+from nephi.objectives.regularizers import regularizer_terms
+from nephi.objectives.similarity import similarity_terms, stencil_offsets
+from nephi.optim.refinements import DisplacementRefinement, FlowRefinement
+from nephi.records import from_mapping
 from nephi.transforms.base import PointMap
 from nephi.transforms.dense import tabulate
+
 
 @dataclass
 class Stage:

@@ -1,12 +1,22 @@
-"""TODO docstring."""
+"""Invertible refinements R of the ``inr`` and ``velocity`` IO modes (point maps with an inverse).
+
+* :class:`DisplacementRefinement`: R(x) = x + u(x), u a coordinate network; R^-1 by fixed-point
+  iteration (:func:`fixed_point_inverse`), exact where R is invertible with a contracting u.
+* :class:`FlowRefinement`: R the flow of a neural velocity field from t = 0 to 1 (torchdiffeq),
+  R^-1 the flow back from t = 1 to 0.
+
+Both map (B, N, d) frame points to (B, N, d) frame points (:mod:`nephi.transforms.base`).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from nephi.models.coordinate import CoordinateNet
+
 from nephi.config.validate import FIXED_STEP_SOLVERS
+from nephi.models.coordinate import CoordinateNet
 from nephi.transforms.base import PointMap
+
 
 # ------------------------------------------------------------------ refinements
 

@@ -17,11 +17,13 @@ from nephi.config.loader import resolve_config, set_dotted
 from nephi.config.options import apply_options
 from nephi.config.validate import validate_pairwise
 from nephi.errors import NephiInputError
-from nephi.pipeline.feedforward import LoadedModel, base_config, load_model as _load_checkpoint
+from nephi.pipeline.feedforward import LoadedModel, base_config
+from nephi.pipeline.feedforward import load_model as _load_checkpoint
 from nephi.pipeline.feedforward import predict, register_pairs
 from nephi.pipeline.inputs import LoadedPair, as_mask
 from nephi.pipeline.pairwise import register_pair
 from nephi.results.result import Result
+
 
 __all__ = ["pairwise_config", "register", "load_model", "Model"]
 

@@ -37,6 +37,7 @@ from nephi.pipeline.inputs import LoadedPair, select_device
 from nephi.pipeline.pairwise import register_pair
 from nephi.results.result import Result, summary_line
 
+
 __all__ = ["LoadedModel", "load_model", "base_config", "predict", "register_with_model",
            "register_pairs"]
 

@@ -11,6 +11,7 @@ from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
 from nephi.io.images import Image, as_image, load_mask, load_points
 
+
 __all__ = ["LoadedPair", "as_mask", "select_device"]
 
 

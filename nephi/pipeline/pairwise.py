@@ -34,6 +34,7 @@ from nephi.transforms.base import Conjugated
 from nephi.transforms.dense import DenseFields, dense_fields
 from nephi.transforms.displacement import Field
 
+
 __all__ = ["pair_tensors", "register_pair", "register"]
 
 

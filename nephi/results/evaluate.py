@@ -44,15 +44,18 @@ from __future__ import annotations
 import csv
 import math
 import os
+
 import numpy as np
+
 from nephi.errors import NephiInputError
-from nephi.io.images import load_image, load_points
-from nephi.results.metrics import dice_scores, folding_percent, landmark_errors, mean_dice
-from nephi.transforms.displacement import map_points
 from nephi.io.atomic import check_output_path, write_file
-from nephi.results.warp import DEFAULT_CHUNK, voxel_points, warp_image
+from nephi.io.images import load_image, load_points
 from nephi.io.layout import JACOBIAN
+from nephi.results.metrics import dice_scores, folding_percent, landmark_errors, mean_dice
 from nephi.results.result import Result
+from nephi.results.warp import DEFAULT_CHUNK, voxel_points, warp_image
+from nephi.transforms.displacement import map_points
+
 
 AXES = ("x", "y", "z")
 

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+
 __all__ = ["landmark_errors", "dice_scores", "mean_dice", "folding_percent"]
 
 

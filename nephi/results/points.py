@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import lps_to_ras, ras_to_lps
-from nephi.io.images import load_points, save_points
 from nephi.io.atomic import check_output_path, write_file
+from nephi.io.images import load_points, save_points
 from nephi.results.result import DIRECTIONS, Result
 from nephi.transforms.displacement import outside_grid
+
 
 __all__ = ["map_points_file"]
 

@@ -44,19 +44,21 @@ import functools
 import itertools
 import os
 from dataclasses import dataclass
+
 import numpy as np
 import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
+
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
-from nephi.io.images import Image, load_mask
-from nephi.transforms.displacement import map_points
 from nephi.io.atomic import write_file
-from nephi.results.warp import sample_index
-from nephi.io.layout import JACOBIAN, WARPED
+from nephi.io.images import Image, load_mask
+from nephi.io.layout import JACOBIAN, QC_FILE, WARPED
 from nephi.results.result import Result
-from nephi.io.layout import QC_FILE
+from nephi.results.warp import sample_index
+from nephi.transforms.displacement import map_points
+
 
 COLUMNS = ("FIXED", "MOVING", "WARPED", "BEFORE", "AFTER", "GRID", "JACOBIAN")
 

@@ -27,12 +27,13 @@ from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
 from nephi.io.atomic import AtomicDir
 from nephi.io.fields import read_field, save_scalar, write_displacement_field
-from nephi.io.images import Image, load_image, save_image, save_points
+from nephi.io.images import Image, as_image, load_image, save_image, save_points
 from nephi.io.itk import write_displacement_h5
 from nephi.io.layout import (FORWARD, FORWARD_H5, INVERSE, INVERSE_H5, JACOBIAN, LANDMARKS_MOVING,
                              QC_FILE, SUMMARY, WARPED)
 from nephi.results.warp import warp_image
 from nephi.transforms.displacement import Field
+
 
 __all__ = ["Result", "DIRECTIONS", "summary_line"]
 
@@ -192,12 +193,11 @@ class Result:
 
     def warp(self, image, interp: str = "linear", inverse: bool = False,
              reference: Grid | None = None) -> Image:
-        """``image`` (an :class:`~nephi.io.images.Image` or a path) pulled onto the fixed grid
+        """``image`` (a path, a nibabel image, ``(array, affine)`` or an Image) pulled onto the fixed grid
         through the forward field (a moving-space image), or with ``inverse`` onto the moving
         grid (a fixed-space image); ``reference`` another output grid. ``interp``: linear, cubic,
         nearest or label (:mod:`nephi.results.warp`). The output keeps the image's voxel type."""
-        if not isinstance(image, Image):
-            image = load_image(image, what="image")
+        image = as_image(image, what="image")
         field = self.field(inverse=inverse)
         grid = reference or field.grid
         data = warp_image(image, field, grid, interp)

@@ -32,17 +32,18 @@ keeps the input's voxel type: integer images are rounded and clipped to the type
 from __future__ import annotations
 
 import os
+
 import numpy as np
 import torch
 from scipy import ndimage
+
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
-from nephi.io.images import Image, load_image, save_image
-from nephi.transforms.displacement import map_points
-from nephi.io.atomic import check_output_path, write_file
-from nephi.transforms.displacement import Field
-from nephi.io.images import grid_of
 from nephi.geometry.sampling import sample_image
+from nephi.io.atomic import check_output_path, write_file
+from nephi.io.images import Image, grid_of, load_image, save_image
+from nephi.transforms.displacement import Field, map_points
+
 
 INTERPOLATORS = ("linear", "cubic", "nearest", "label")
 

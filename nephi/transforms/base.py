@@ -22,6 +22,7 @@ import torch
 
 from nephi.geometry.grid import apply_affine_torch
 
+
 __all__ = ["PointMap", "DifferentiableMap", "Composition", "Conjugated", "has_jacobian"]
 
 

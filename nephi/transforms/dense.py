@@ -8,13 +8,15 @@ and the inverse-consistency error.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import torch
-from nephi.transforms.jacobian import jacobian_determinant_dense
+
 from nephi.geometry.grid import Grid, apply_affine_torch
-from nephi.geometry.sampling import sample_image
-from nephi.geometry.sampling import interpolate_linear
+from nephi.geometry.sampling import interpolate_linear, sample_image
 from nephi.transforms.base import PointMap
+from nephi.transforms.jacobian import jacobian_determinant_dense
+
 
 @torch.no_grad()
 def evaluate_chunked(fn: PointMap, points: torch.Tensor, chunk: int) -> torch.Tensor:

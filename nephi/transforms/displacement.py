@@ -17,6 +17,7 @@ import torch
 from nephi.geometry.grid import Grid
 from nephi.geometry.sampling import sample_image
 
+
 __all__ = ["Field", "map_points", "outside_grid"]
 
 

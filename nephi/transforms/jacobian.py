@@ -20,7 +20,9 @@ to whatever ``fn`` depends on (network weights, latent codes), as GradICON needs
 from __future__ import annotations
 
 import torch
+
 from nephi.transforms.base import PointMap
+
 
 METHODS = ("fd", "fd-central", "autograd", "forward")
 
