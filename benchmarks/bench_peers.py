@@ -55,6 +55,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from nephi.results.metrics import foreground_dice
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -304,7 +306,7 @@ def evaluate(case: Case, field_path: str, points_path: Optional[str]) -> dict:
         fixed_lab, _ = load_labels(case.fixed_labels)
         moving_lab, moving_grid = load_labels(case.moving_labels)
         warped = methods.warp_nearest(moving_lab, moving_grid, disp, grid)
-        out["dice"] = methods.dice(warped, fixed_lab)
+        out["dice"] = foreground_dice(warped, fixed_lab)
     return out
 
 
@@ -322,7 +324,7 @@ def identity_record(case: Case) -> dict:
         fixed_lab, fixed_grid = load_labels(case.fixed_labels)
         moving_lab, moving_grid = load_labels(case.moving_labels)
         zero = np.zeros(fixed_grid.shape + (case.ndim,))
-        rec["dice"] = methods.dice(methods.warp_nearest(moving_lab, moving_grid, zero, fixed_grid),
+        rec["dice"] = foreground_dice(methods.warp_nearest(moving_lab, moving_grid, zero, fixed_grid),
                                    fixed_lab)
     return rec
 

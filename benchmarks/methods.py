@@ -17,7 +17,7 @@ output folder:
   writing), the settings, the tool version.
 
 Directions: A = moving (exhale), B = fixed (inhale). Each tool's point-mapping direction is a
-classic trap: ``tests/test_bench_harness.py`` checks every adapter on a pair related by a known
+classic trap: ``tests/integration/test_bench_harness.py`` checks every adapter on a pair related by a known
 translation.
 
 Peers run in a worker process, ``python -m benchmarks.methods METHOD CASE.json OUT_DIR``, so that
@@ -41,11 +41,12 @@ from typing import Callable, Optional
 import numpy as np
 
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from nephi.geometry.grid import Grid
+from nephi.geometry.grid import Grid, ras_lps_flip, ras_to_lps
 from nephi.io.fields import read_displacement_field, write_displacement_field
 from nephi.io.images import load_image, load_points, save_points
 from nephi.transforms.displacement import map_points
@@ -96,14 +97,6 @@ class Case:
 
 
 # ------------------------------------------------------------------- fields, points, metrics
-def flip_lps(values: np.ndarray) -> np.ndarray:
-    """RAS <-> LPS for points or vectors (..., d): negate the first two components."""
-    out = np.array(values, dtype=np.float64, copy=True)
-    out[..., 0] *= -1.0
-    out[..., 1] *= -1.0
-    return out
-
-
 def sitk_field_to_ras(field) -> tuple:
     """A SimpleITK vector image (displacements in LPS mm) -> (displacement (*S, d) RAS mm, Grid).
 
@@ -118,11 +111,11 @@ def sitk_field_to_ras(field) -> tuple:
     direction = np.asarray(field.GetDirection(), dtype=np.float64).reshape(d, d)
     spacing = np.asarray(field.GetSpacing(), dtype=np.float64)
     origin = np.asarray(field.GetOrigin(), dtype=np.float64)
-    flip = np.diag([-1.0, -1.0] + [1.0] * (d - 2))
+    flip = ras_lps_flip(d)
     affine = np.eye(d + 1)
     affine[:d, :d] = flip @ direction @ np.diag(spacing)
     affine[:d, d] = flip @ origin
-    return flip_lps(arr), Grid(arr.shape[:d], affine)
+    return ras_to_lps(arr), Grid(arr.shape[:d], affine)
 
 
 def save_sitk_field(path: str, field, fixed_grid: Grid) -> None:
@@ -175,14 +168,6 @@ def warp_nearest(moving: np.ndarray, moving_grid: Grid, disp_ras: np.ndarray,
     mov_idx = moving_grid.ras_to_index_points(pts)
     out = map_coordinates(np.asarray(moving), mov_idx.T, order=0, mode="constant", cval=0)
     return out.reshape(fixed_grid.shape)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of the foreground (label > 0) of two maps; 1.0 when both are empty."""
-    a = np.asarray(a) > 0
-    b = np.asarray(b) > 0
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
 
 
 def field_points(points_ras: np.ndarray, field_path: str) -> np.ndarray:
@@ -331,9 +316,9 @@ def ants_run(case: Case, out_dir: str, s: dict, use_mask: bool) -> float:
     pts = _fixed_points(case)
     if pts is not None:
         cols = ["x", "y", "z"][:case.ndim]
-        frame = pd.DataFrame(flip_lps(pts), columns=cols)
+        frame = pd.DataFrame(ras_to_lps(pts), columns=cols)
         moved = ants.apply_transforms_to_points(case.ndim, frame, fwd)
-        save_points(os.path.join(out_dir, POINTS_FILE), flip_lps(moved[cols].to_numpy()))
+        save_points(os.path.join(out_dir, POINTS_FILE), ras_to_lps(moved[cols].to_numpy()))
     return seconds
 
 
@@ -408,7 +393,7 @@ def elastix_run(case: Case, out_dir: str, s: dict, use_mask: bool) -> float:
     pts = _fixed_points(case)
     if pts is not None:
         pts_file = os.path.join(out_dir, "fixed_points_lps.txt")
-        write_points_txt(pts_file, flip_lps(pts))
+        write_points_txt(pts_file, ras_to_lps(pts))
         trx_pts = itk.TransformixFilter.New(moving)
         trx_pts.SetTransformParameterObject(tparams)
         trx_pts.SetFixedPointSetFileName(pts_file)
@@ -416,7 +401,7 @@ def elastix_run(case: Case, out_dir: str, s: dict, use_mask: bool) -> float:
         trx_pts.SetLogToConsole(False)
         trx_pts.UpdateLargestPossibleRegion()
         moved = read_transformix_points(os.path.join(out_dir, "outputpoints.txt"), case.ndim)
-        save_points(os.path.join(out_dir, POINTS_FILE), flip_lps(moved))
+        save_points(os.path.join(out_dir, POINTS_FILE), ras_to_lps(moved))
     return seconds
 
 
@@ -522,8 +507,8 @@ def demons_run(case: Case, out_dir: str, s: dict, use_mask: bool) -> float:
     pts = _fixed_points(case)
     if pts is not None:
         tx = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
-        moved = np.array([tx.TransformPoint(tuple(p)) for p in flip_lps(pts)])
-        save_points(os.path.join(out_dir, POINTS_FILE), flip_lps(moved))
+        moved = np.array([tx.TransformPoint(tuple(p)) for p in ras_to_lps(pts)])
+        save_points(os.path.join(out_dir, POINTS_FILE), ras_to_lps(moved))
     return seconds
 
 

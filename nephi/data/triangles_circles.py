@@ -48,6 +48,8 @@ from typing import Any, Dict, Optional, Sequence, Union
 
 import numpy as np
 
+from nephi.results.metrics import foreground_dice
+
 
 MODES = ("solid", "hollow")
 
@@ -363,16 +365,6 @@ def make_tc_dataset(n: int, size: int = 128, mode: str = "solid", seed: int = 0)
     return out
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two binary masks of equal shape (1.0 if both empty)."""
-    a = np.asarray(a) > 0
-    b = np.asarray(b) > 0
-    total = a.sum() + b.sum()
-    if total == 0:
-        return 1.0
-    return float(2.0 * np.logical_and(a, b).sum() / total)
-
-
 def save_tc_pair_nifti(pair: Dict[str, Any], out_dir: Union[str, os.PathLike]) -> Dict[str, str]:
     """Write a pair as 2-D NIfTI files.
 
@@ -416,7 +408,7 @@ def _handler(args: argparse.Namespace) -> int:
         pair = {k: data[k][idx] for k in ("moving", "fixed", "moving_label", "fixed_label")}
         save_tc_pair_nifti(pair, os.path.join(args.out, f"pair_{idx:04d}"))
     if args.n:
-        scores = [dice(m, f) for m, f in zip(data["moving_label"], data["fixed_label"])]
+        scores = [foreground_dice(m, f) for m, f in zip(data["moving_label"], data["fixed_label"])]
         mean_dice = f", mean initial Dice {np.mean(scores):.3f}"
     else:
         mean_dice = ""

@@ -35,7 +35,7 @@ import platform
 import h5py
 import numpy as np
 
-from nephi.geometry.grid import Grid, ras_to_lps
+from nephi.geometry.grid import Grid, ras_lps_flip, ras_to_lps
 
 
 # The ITK version whose HDF5 transform layout this module writes (ITK's readers ignore it).
@@ -43,11 +43,6 @@ ITK_LAYOUT_VERSION = "5.4.0"
 
 
 _STR = h5py.string_dtype(encoding="ascii")
-
-
-def _flip(d: int) -> np.ndarray:
-    """RAS <-> LPS sign change of a d-D vector (d = 2 or 3) as a matrix."""
-    return np.diag([-1.0, -1.0, 1.0][:d])
 
 
 def _write_string(h5: h5py.File, name: str, value: str) -> None:
@@ -67,8 +62,8 @@ def itk_fixed_parameters(grid: Grid) -> np.ndarray:
     direction (row-major), all in LPS."""
     d = grid.ndim
     spacing = grid.spacing
-    direction_lps = _flip(d) @ (grid.affine[:d, :d] / spacing)
-    origin_lps = _flip(d) @ grid.affine[:d, d]
+    direction_lps = ras_lps_flip(d) @ (grid.affine[:d, :d] / spacing)
+    origin_lps = ras_lps_flip(d) @ grid.affine[:d, d]
     return np.concatenate([np.asarray(grid.shape, dtype=np.float64), origin_lps, spacing,
                            direction_lps.reshape(-1)]).astype(np.float64)
 
@@ -84,8 +79,8 @@ def grid_from_fixed_parameters(fixed: np.ndarray, d: int) -> Grid:
     spacing = fixed[2 * d:3 * d]
     direction_lps = fixed[3 * d:].reshape(d, d)
     affine = np.eye(d + 1)
-    affine[:d, :d] = _flip(d) @ direction_lps @ np.diag(spacing)
-    affine[:d, d] = _flip(d) @ origin_lps
+    affine[:d, :d] = ras_lps_flip(d) @ direction_lps @ np.diag(spacing)
+    affine[:d, d] = ras_lps_flip(d) @ origin_lps
     return Grid(size, affine)
 
 

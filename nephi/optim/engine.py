@@ -20,6 +20,9 @@ from nephi.optim.modes import build_mode
 from nephi.transforms.base import PointMap
 
 
+__all__ = ["IOResult", "instance_optimize"]
+
+
 @dataclass
 class IOResult:
     """What IO produced, in the frame of the pair it optimized on.

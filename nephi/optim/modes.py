@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import torch
 from torch import nn
@@ -71,6 +71,10 @@ from nephi.transforms.base import PointMap
 from nephi.transforms.dense import tabulate
 
 
+__all__ = ["IOMode", "Stage", "NEPHI_LR", "NephiMode", "RefinementMode", "build_mode",
+           "initial_state", "frozen_copy"]
+
+
 @dataclass
 class Stage:
     """One optimization phase: Adam ``groups`` (parameter groups with lr) for ``steps`` steps;
@@ -81,6 +85,38 @@ class Stage:
     steps: int
     index: int = 0
     count: int = 1
+
+
+class IOMode(Protocol):
+    """What the engine (:func:`nephi.optim.engine.instance_optimize`) needs of a mode.
+
+    The engine calls :meth:`stages` and, for each yielded :class:`Stage`, runs Adam on its
+    parameter groups for ``stage.steps`` steps, each step minimizing
+    :func:`nephi.objectives.terms.total` of :meth:`terms`; then it asks :meth:`maps` for the
+    result and :meth:`info` for the summary. A mode never changes what it was given
+    (``init``): it optimizes copies.
+    """
+
+    name: str
+    """The mode's name (``io.mode``)."""
+
+    def stages(self) -> Iterator[Stage]:
+        """The optimization phases, in order (a cascade yields one per refinement)."""
+        ...
+
+    def terms(self, pair: PairTensors, generator: torch.Generator) -> dict:
+        """The loss terms (name -> :class:`~nephi.objectives.terms.Term`) of one step, points
+        drawn with ``generator``."""
+        ...
+
+    def maps(self) -> tuple:
+        """(phi_AB, phi_BA): point maps (B, N, d) -> (B, N, d) of the pair's frame, fixed ->
+        moving and moving -> fixed, with no gradient reaching any parameter."""
+        ...
+
+    def info(self) -> dict:
+        """How the maps were made (inverse, composition, start), for summary.json."""
+        ...
 
 
 def initial_state(cfg: dict, ndim: int, device) -> tuple:
@@ -136,7 +172,7 @@ Triangles & Circles pair and a deformed MNI152 T1 MRI (200 steps: 12.4 -> 0.43 m
 0.61, 6.3 -> 1.57 mm, against 1.29 mm, 0.20, 2.29 mm with 1e-4 / 1e-3)."""
 
 
-class NephiMode:
+class NephiMode(IOMode):
     """``nephi``: NePhi fields and latent codes (copies of ``init`` or fresh ones), eq. 8."""
 
     name = "nephi"
@@ -200,7 +236,7 @@ class NephiMode:
                 "lr": self.learning_rate("lr"), "latent_lr": self.learning_rate("latent_lr")}
 
 
-class RefinementMode:
+class RefinementMode(IOMode):
     """``inr`` and ``velocity``: phi_AB = B_AB o R_1 o ... o R_k on top of a given map B.
 
     During optimization a given map is used through a table (:func:`tabulate`) of at most
@@ -331,7 +367,7 @@ class RefinementMode:
 
 
 def build_mode(cfg: dict, pair: PairTensors, init: tuple | None = None,
-               io_params: str = "all"):
+               io_params: str = "all") -> IOMode:
     """The mode object of ``cfg['io']['mode']`` for ``pair``, starting from ``init``.
 
     ``init``: optional (fields, latent), a prediction in the frame of ``pair``; it is copied.

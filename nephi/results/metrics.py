@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 
-__all__ = ["landmark_errors", "dice_scores", "mean_dice", "folding_percent"]
+__all__ = ["landmark_errors", "dice_scores", "mean_dice", "foreground_dice", "folding_percent"]
 
 
 def landmark_errors(mapped: np.ndarray, target: np.ndarray) -> dict:
@@ -52,6 +52,12 @@ def mean_dice(fixed_labels: np.ndarray, warped_labels: np.ndarray) -> float:
     """Mean of :func:`dice_scores` (NaN when neither map holds a label)."""
     scores = dice_scores(fixed_labels, warped_labels)
     return float(np.mean(list(scores.values()))) if scores else math.nan
+
+
+def foreground_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """:func:`dice_scores` of the foregrounds (value > 0) of two maps; 1.0 when both are empty
+    (nothing to overlap, nothing missed)."""
+    return dice_scores(np.asarray(a) > 0, np.asarray(b) > 0).get("1", 1.0)
 
 
 def folding_percent(jacobian: np.ndarray) -> float:

@@ -5,8 +5,11 @@ import pathlib
 import re
 
 import numpy as np
+import pytest
 
 import nephi
+
+pytestmark = pytest.mark.slow
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 

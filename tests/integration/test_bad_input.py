@@ -22,7 +22,9 @@ import torch
 
 from nephi.cli.infer import main
 
-REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
 SHAPE = (8, 8, 8)
 # Tiny, fast settings for the runs that must get past the cheap checks.
 FAST = ["--io-steps", "1", "--points", "16", "--reg-points", "8", "--no-progress",

@@ -6,10 +6,13 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from helpers_interop import Phantom, centred_grid, save_nifti
 from nephi.config.loader import load_defaults, merge
 from nephi.pipeline.pairwise import LoadedPair, register
+
+pytestmark = pytest.mark.slow
 
 SMALL = {
     "device": "cpu",

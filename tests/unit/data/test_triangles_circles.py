@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nephi.data.triangles_circles import add_subparser, dice, main, make_tc_dataset, make_tc_pair, make_tc_shape, save_tc_pair_nifti
+from nephi.data.triangles_circles import add_subparser, main, make_tc_dataset, make_tc_pair, make_tc_shape, save_tc_pair_nifti
+from nephi.results.metrics import foreground_dice as dice
 
 S = 64
 MODES = ("solid", "hollow")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def _images(pair):

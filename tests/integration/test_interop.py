@@ -35,6 +35,8 @@ from nephi.io.itk import read_displacement_h5, write_displacement_h5
 from nephi.transforms.displacement import map_points
 from nephi.pipeline.pairwise import LoadedPair, register
 
+pytestmark = pytest.mark.slow
+
 try:
     import SimpleITK as sitk
 except ImportError:  # pragma: no cover - depends on the environment

@@ -11,7 +11,7 @@ import pytest
 
 from nephi.data import dirlab
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 COPD_SHAPE = (16, 12, 10)
 COPD_SPACING = (0.6, 0.6, 2.5)

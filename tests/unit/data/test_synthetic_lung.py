@@ -11,7 +11,7 @@ from scipy.ndimage import map_coordinates
 
 from nephi.data.synthetic_lung import default_affine, make_lung_pair, voxel_centres
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def rotation(axis, degrees):

@@ -1,0 +1,203 @@
+"""Learning-based NePhi end to end: DDP training with accelerate, exact resumption and
+feed-forward inference with ``nephi-infer --checkpoint``. (The encoder, HDF5 pair file and
+schedule tests are in tests/unit/models/test_encoder.py, tests/unit/data/test_pairfile.py and
+tests/unit/learn/test_schedule.py.)
+
+The training runs use configs/smoke.yaml on 32 x 32 Triangles-and-Circles pairs made here; the
+2-process run goes through ``accelerate launch --multi_gpu --num_processes 2`` on the CPU and
+checks that both processes hold the same parameters (gradients synchronized).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+
+from nephi.cli.prep import main as prep_main
+from nephi.learn.trainer import param_hash
+from nephi.models.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+TRAIN = str(REPO / "train" / "train.py")
+BIN = Path(sys.executable).parent
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def _run(cmd: list, cwd) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+def _launch(args: list, cwd) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN,
+           *args]
+    return _run(cmd, cwd)
+
+
+def _replicas(run_dir: Path) -> list:
+    return [json.loads(p.read_text()) for p in sorted(run_dir.glob("replica_rank*.json"))]
+
+
+# ----------------------------------------------------------------------------- training runs
+@pytest.fixture(scope="module")
+def tc_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tcdata")
+    out = root / "tc32.h5"
+    assert prep_main(["triangles-circles", "--n", "16", "--size", "32", "--mode", "solid",
+                      "--val-fraction", "0.25", "--out", str(out)]) == 0
+    nifti = root / "nifti"
+    assert prep_main(["triangles-circles", "--n", "2", "--size", "40", "--seed", "7",
+                      "--out", str(nifti)]) == 0
+    return out, nifti
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tc_data, tmp_path_factory):
+    """Two CPU processes, 4 steps, then --resume to 6 steps."""
+    data, _ = tc_data
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    first = _launch(["--config", SMOKE, "--output-dir", str(run), f"data.path={data}",
+                     "train.progress=false"], run.parent)
+    after_first = _replicas(run)
+    resumed = _launch(["--config", SMOKE, "--output-dir", str(run), "--resume", "train.steps=6",
+                       "train.progress=false"], run.parent)
+    return run, first, after_first, resumed
+
+
+def test_ddp_two_processes_stay_in_sync_and_resume(ddp_run):
+    run, first, after_first, resumed = ddp_run
+    assert [r["rank"] for r in after_first] == [0, 1]
+    assert all(r["world_size"] == 2 and r["step"] == 4 for r in after_first)
+    assert after_first[0]["param_sha256"] == after_first[1]["param_sha256"]
+    assert "resuming from" in resumed.stdout and "(step 4)" in resumed.stdout
+    final = _replicas(run)
+    assert all(r["step"] == 6 for r in final)
+    assert final[0]["param_sha256"] == final[1]["param_sha256"]
+    assert final[0]["param_sha256"] != after_first[0]["param_sha256"]
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["best.pt", "step_00000004.pt", "step_00000006.pt"]  # keep_last 2
+    ckpt = load_checkpoint(str(run / "checkpoints" / "step_00000006.pt"))
+    assert ckpt["step"] == 6 and ckpt["world_size"] == 2 and len(ckpt["rng_states"]) == 2
+    assert ckpt["scheduler"]["last_epoch"] == 6
+    assert ckpt["config"]["train"]["steps"] == 6 and "nephi" in ckpt["code_version"]
+    assert ckpt["preprocessing"]["shape"] == [32, 32]
+    assert "val/dice" in ckpt["metrics"] and "val/folding_percent" in ckpt["metrics"]
+    assert (run / "config.yaml").is_file() and list((run / "tensorboard").iterdir())
+
+
+def test_resume_is_exact(tc_data, tmp_path):
+    """6 steps straight == 4 steps, interruption, resume to 6 (same schedule): same weights."""
+    data, _ = tc_data
+    common = ["--config", SMOKE, f"data.path={data}", "train.progress=false", "train.steps=6",
+              "val.every=100"]
+    _run([sys.executable, TRAIN, *common, "--output-dir", str(tmp_path / "a")], tmp_path)
+    os.remove(tmp_path / "a" / "checkpoints" / "step_00000006.pt")
+    straight = _replicas(tmp_path / "a")[0]["param_sha256"]
+    _run([sys.executable, TRAIN, "--output-dir", str(tmp_path / "a"), "--resume",
+          "train.progress=false"], tmp_path)
+    assert _replicas(tmp_path / "a")[0]["param_sha256"] == straight
+
+
+def test_existing_run_needs_resume(ddp_run, capsys):
+    from nephi.cli.train import main as train_main
+
+    assert train_main(["--config", SMOKE, "--output-dir", str(ddp_run[0])]) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- inference
+def test_infer_checkpoint_single_pair(ddp_run, tc_data, tmp_path):
+    from nephi.cli.infer import main as infer_main
+    from nephi.pipeline.feedforward import load_model
+
+    run = ddp_run[0]
+    _, nifti = tc_data
+    ckpt = str(run / "checkpoints" / "step_00000006.pt")
+    model = load_model(ckpt)
+    before = param_hash(model.net)
+    pair = [str(nifti / "pair_0000" / "moving.nii.gz"), str(nifti / "pair_0000" / "fixed.nii.gz")]
+    out = tmp_path / "ff"
+    assert infer_main(["--checkpoint", ckpt, "--pair", *pair, "--out", str(out),
+                       "--no-progress", "--device", "cpu"]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"warped.nii.gz", "warp.nii.gz", "inverse_warp.nii.gz", "jacobian.nii.gz",
+            "summary.json"} <= names
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["io_steps"] == 0 and summary["mode"] == "feedforward"
+    assert summary["feedforward_seconds"] > 0 and summary["checkpoint_step"] == 6
+    assert summary["network_grid"]["shape"] == [32, 32]
+    warp = nib.load(str(out / "warp.nii.gz"))
+    assert warp.shape == (40, 40, 1, 1, 2)  # the original fixed grid, not the network grid
+
+    out_io = tmp_path / "ff_io"
+    assert infer_main(["--checkpoint", ckpt, "--pair", *pair, "--out", str(out_io),
+                       "--io-steps", "2", "--io-params", "all", "--points", "64",
+                       "--reg-points", "16", "--no-progress", "--device", "cpu"]) == 0
+    summary = json.loads((out_io / "summary.json").read_text())
+    assert summary["io_steps"] == 2 and summary["io_params"] == "all"
+    assert param_hash(load_model(ckpt).net) == before
+
+
+def test_infer_pairs_csv(ddp_run, tc_data, tmp_path, capsys):
+    from nephi.cli.infer import main as infer_main
+
+    run = ddp_run[0]
+    _, nifti = tc_data
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("moving,fixed\n" + "".join(
+        f"{nifti}/pair_{k:04d}/moving.nii.gz,{nifti}/pair_{k:04d}/fixed.nii.gz\n"
+        for k in range(2)))
+    out = tmp_path / "many"
+    argv = ["--checkpoint", str(run / "checkpoints" / "best.pt"), "--pairs", str(csv_path),
+            "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert infer_main(argv) == 0
+    assert (out / "pair_0001" / "warp.nii.gz").is_file()
+    assert (out / "pair_0002" / "summary.json").is_file()
+    capsys.readouterr()
+    assert infer_main(argv) == 0
+    assert "2 skipped" in capsys.readouterr().out
+    assert (out / "pairs_summary.csv").read_text().count("skipped") == 2
+
+
+def test_option_errors_are_one_line(ddp_run, tc_data, tmp_path, capsys):
+    from nephi.cli.infer import main as infer_main
+    from nephi.cli.train import main as train_main
+
+    ckpt = str(ddp_run[0] / "checkpoints" / "best.pt")
+    _, nifti = tc_data
+    pair = [str(nifti / "pair_0000" / "moving.nii.gz"), str(nifti / "pair_0000" / "fixed.nii.gz")]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = str(tmp_path / "out")
+    cases = [
+        (["--pairs", "pairs.csv", "--out", out], "--pairs: needs --checkpoint"),
+        (["--pair", *pair, "--pairs", "p.csv", "--checkpoint", ckpt, "--out", out], "one of"),
+        (["--checkpoint", str(bad), "--pair", *pair, "--out", out], "not a readable checkpoint"),
+        (["--pair", *pair, "--out", out, "--io-params", "all"], "--io-params: needs --checkpoint"),
+        (["--checkpoint", ckpt, "--pair", *pair, "--out", out, "--io-steps", "-1"], "--io-steps"),
+    ]
+    for argv, message in cases:
+        assert infer_main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not os.path.exists(out)
+    assert train_main(["--config", SMOKE, "train.bogus=1"]) == 2
+    assert "unknown key 'train.bogus'" in capsys.readouterr().err
