@@ -1,9 +1,8 @@
-"""``python -m data_prep.dirlab``: a thin entry point over :mod:`nephi.data.dirlab`."""
+"""``python -m data_prep.dirlab``: a thin entry point over :mod:`nephi.cli.prep`."""
 
 import sys
 
-from nephi.data.dirlab import main
-
+from nephi.cli.prep import command_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_main("dirlab"))

@@ -1,9 +1,8 @@
-"""``python -m data_prep.synthetic_lung``: a thin entry point over :mod:`nephi.data.synthetic_lung`."""
+"""``python -m data_prep.synthetic_lung``: a thin entry point over :mod:`nephi.cli.prep`."""
 
 import sys
 
-from nephi.data.synthetic_lung import main
-
+from nephi.cli.prep import command_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_main("synthetic_lung"))

@@ -1,9 +1,8 @@
-"""``python -m data_prep.triangles_circles``: a thin entry point over :mod:`nephi.data.triangles_circles`."""
+"""``python -m data_prep.triangles_circles``: a thin entry point over :mod:`nephi.cli.prep`."""
 
 import sys
 
-from nephi.data.triangles_circles import main
-
+from nephi.cli.prep import command_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_main("triangles_circles"))

@@ -1,4 +1,6 @@
-"""``nephi-prep``: build datasets for nephi (one console script, one subcommand per source).
+"""``nephi-prep``: build datasets for nephi (one console script, one subcommand per source), and
+the standalone generator commands ``python -m data_prep.synthetic_lung | triangles_circles |
+dirlab``.
 
 HDF5 pair files (layout in :mod:`nephi.data.pairfile`, read by ``train/train.py``)::
 
@@ -24,9 +26,17 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 from nephi.cli.common import OneLineParser, run_cli
+from nephi.data.builders import build_from_rows, build_synthetic_lung, build_triangles_circles
+from nephi.data.copdgene import find_copdgene_pairs
+from nephi.data.dirlab import convert_dirlab
 from nephi.data.preprocess import PrepConfig, read_pairs_csv
+from nephi.data.synthetic_lung import make_lung_pair
+from nephi.data.triangles_circles import MODES, make_tc_dataset, save_tc_pair_nifti
 from nephi.errors import NephiInputError
+from nephi.results.metrics import foreground_dice
 
 
 H5_SUFFIXES = (".h5", ".hdf5")
@@ -94,8 +104,6 @@ def _workers(value: int) -> int:
 
 
 def _pairs(args) -> int:
-    from nephi.data.builders import build_from_rows
-
     rows = read_pairs_csv(args.csv)
     counts = build_from_rows(rows, args.out, _prep(args), args.val_fraction, args.split_seed,
                              _workers(args.workers), builder=_command(args))
@@ -103,9 +111,6 @@ def _pairs(args) -> int:
 
 
 def _copdgene(args) -> int:
-    from nephi.data.builders import build_from_rows
-    from nephi.data.copdgene import find_copdgene_pairs
-
     rows, skipped = find_copdgene_pairs(args.root, require_masks=args.apply_mask)
     for subject, reason in skipped.items():
         print(f"nephi-prep: skipped {subject}: {reason}", file=sys.stderr)
@@ -121,8 +126,6 @@ def _synthetic_lung(nifti_handler):
                 raise NephiInputError("--n: a NIfTI folder holds one pair; give --out DATA.h5 "
                                       "for a population")
             return nifti_handler(args)
-        from nephi.data.builders import build_synthetic_lung
-
         counts = build_synthetic_lung(args.out, args.n, args.shape, args.spacing, args.motion_mm,
                                       args.seed, args.n_landmarks, args.val_fraction,
                                       args.apply_mask, _workers(args.workers), args.noise_hu,
@@ -136,8 +139,6 @@ def _triangles_circles(nifti_handler):
     def handler(args) -> int:
         if not _is_h5(args.out):
             return nifti_handler(args)
-        from nephi.data.builders import build_triangles_circles
-
         counts = build_triangles_circles(args.out, args.n, args.size, args.mode, args.seed,
                                          args.val_fraction, args.split_seed,
                                          builder=_command(args))
@@ -147,8 +148,6 @@ def _triangles_circles(nifti_handler):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nephi.data import dirlab, synthetic_lung, triangles_circles
-
     parser = OneLineParser(prog="nephi-prep",
                            description="Build datasets for nephi: HDF5 pair files for training "
                                        "(pairs, copdgene, synthetic-lung, triangles-circles with "
@@ -176,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_split_workers(p)
     p.set_defaults(func=_copdgene)
 
-    p = synthetic_lung.add_subparser(sub)
+    p = add_command(sub, "synthetic_lung")
     p.add_argument("--n", type=int, default=1,
                    help="pairs (seeds SEED .. SEED+N-1) in the HDF5 population (default 1)")
     p.add_argument("--apply-mask", action="store_true",
@@ -186,12 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.description = (f"{p.description} With --out ending in .h5: a population of N pairs "
                      "(lung window [-1000, 0] HU -> [0, 1], masks and landmarks stored).")
 
-    p = triangles_circles.add_subparser(sub)
+    p = add_command(sub, "triangles_circles")
     _add_split_workers(p, workers=False)
     p.set_defaults(func=_triangles_circles(p.get_default("func")))
     p.description = f"{p.description} With --out ending in .h5: one HDF5 pair file with labels."
 
-    dirlab.add_subparser(sub)
+    add_command(sub, "dirlab")
     return parser
 
 
@@ -204,6 +203,140 @@ def _run(argv) -> int:
 
 def main(argv=None) -> int:
     return run_cli("nephi-prep", _run, argv)
+
+
+# ----------------------------------------------------------------- generators and converters
+_DESCRIPTIONS = {
+    "synthetic_lung": "Synthetic 3-D lung-CT image pairs (inhale / exhale) with a known breathing "
+                      "motion.",
+    "triangles_circles": "Synthetic 2-D 'Triangles and Circles' (T&C) registration dataset.",
+    "dirlab": "Convert the DIR-LAB lung CT benchmarks to NIfTI images and RAS landmark CSVs.",
+}
+
+
+def _synthetic_lung_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64],
+                        help="grid size in voxels (default 64 64 64)")
+    parser.add_argument("--spacing", type=float, nargs=3, default=[4.0, 4.0, 4.0],
+                        help="voxel size in mm (default 4 4 4)")
+    parser.add_argument("--motion-mm", type=float, default=12.0,
+                        help="nominal diaphragm motion in mm (default 12)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--n-landmarks", type=int, default=300,
+                        help="number of landmarks (default 300)")
+    parser.add_argument("--noise-hu", type=float, default=20.0,
+                        help="image noise standard deviation in HU (default 20)")
+
+
+def _synthetic_lung_files(args: argparse.Namespace) -> int:
+    """Write one pair into ``args.out`` and print a one-line summary."""
+    pair = make_lung_pair(shape=args.shape, spacing=args.spacing, motion_mm=args.motion_mm,
+                          n_landmarks=args.n_landmarks, seed=args.seed, noise_hu=args.noise_hu)
+    pair.save(args.out)
+    disp = pair.landmark_displacements()
+    shape = "x".join(str(v) for v in args.shape)
+    spacing = "x".join(f"{v:g}" for v in args.spacing)
+    print(f"wrote synthetic lung pair {shape} @ {spacing} mm (seed {args.seed}) to {args.out}: "
+          f"{len(disp)} landmarks, mean displacement {disp.mean():.2f} mm "
+          f"(max {disp.max():.2f} mm)")
+    return 0
+
+
+
+
+def _triangles_circles_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, default=100, help="number of pairs (default 100)")
+    parser.add_argument("--size", type=int, default=128, help="image side S in pixels (default 128)")
+    parser.add_argument("--mode", choices=MODES, default="solid", help="solid or hollow shapes")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _triangles_circles_files(args: argparse.Namespace) -> int:
+    """Write ``args.out/pair_XXXX/{moving,fixed,moving_label,fixed_label}.nii.gz``."""
+    data = make_tc_dataset(args.n, args.size, args.mode, args.seed)
+    for idx in range(args.n):
+        pair = {k: data[k][idx] for k in ("moving", "fixed", "moving_label", "fixed_label")}
+        save_tc_pair_nifti(pair, os.path.join(args.out, f"pair_{idx:04d}"))
+    if args.n:
+        scores = [foreground_dice(m, f) for m, f in zip(data["moving_label"], data["fixed_label"])]
+        mean_dice = f", mean initial Dice {np.mean(scores):.3f}"
+    else:
+        mean_dice = ""
+    print(f"wrote {args.n} {args.mode} triangles-circles pairs of size {args.size} to {args.out}{mean_dice}")
+    return 0
+
+
+
+
+def _dirlab_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("root", help="folder with the downloaded DIR-LAB data (searched "
+                                     "recursively for case*/copd* images and landmark files)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--cases", nargs="+", default=None,
+                        help="cases to convert, e.g. copd1 copd2 case5 (default: all found)")
+    parser.add_argument("--table", default=None,
+                        help="CSV with columns case,nx,ny,nz,sx,sy,sz overriding the built-in "
+                             "image sizes and voxel spacings (mm)")
+    parser.add_argument("--hu-offset", type=int, default=None,
+                        help="integer added to raw values (default -1024 for both sets, giving "
+                             "HU; 0 keeps raw values)")
+
+
+def _dirlab_files(args: argparse.Namespace) -> int:
+    """Handler of the ``dirlab`` command; returns the process exit status."""
+    try:
+        results = convert_dirlab(args.root, args.out, cases=args.cases, table=args.table,
+                                 hu_offset=args.hu_offset)
+    except (FileNotFoundError, ValueError) as exc:
+        raise NephiInputError(str(exc)) from None
+    print(f"{'case':<8} {'points':>6} {'mean mm':>9} {'std mm':>8} {'published':>9}")
+    for r in results:
+        published = r["published_mean_error_mm"]
+        print(f"{r['case']:<8} {r['n_points']:>6} {r['mean_error_mm']:>9.2f} "
+              f"{r['std_error_mm']:>8.2f} {'-' if published is None else f'{published:.2f}':>9}")
+    print(f"wrote {len(results)} case(s), pairs.csv and initial_errors.csv to {args.out}")
+    return 0
+
+
+
+
+_COMMANDS = {
+    "synthetic_lung": ("3-D synthetic inhale/exhale lung CT pair with landmarks",
+                       _synthetic_lung_arguments, _synthetic_lung_files),
+    "triangles_circles": ("2-D Triangles and Circles synthetic pairs",
+                          _triangles_circles_arguments, _triangles_circles_files),
+    "dirlab": ("convert DIR-LAB 4DCT / COPDGene raw data to NIfTI and RAS landmark CSVs",
+               _dirlab_arguments, _dirlab_files),
+}
+"""Generator and converter commands: name -> (help, add arguments, write the files)."""
+
+
+def add_command(subparsers, name: str) -> argparse.ArgumentParser:
+    """The generator command ``name`` (``synthetic_lung``, ``triangles_circles``, ``dirlab``) as
+    a subcommand of ``subparsers``; its ``func`` default writes the files and returns the exit
+    status."""
+    help_text, arguments, files = _COMMANDS[name]
+    parser = subparsers.add_parser(name.replace("_", "-"), help=help_text,
+                                   description=_DESCRIPTIONS[name])
+    arguments(parser)
+    parser.set_defaults(func=files)
+    return parser
+
+
+def command_main(name: str, argv=None) -> int:
+    """``python -m data_prep.<name>``: one generator command on its own (one-line errors)."""
+    _, arguments, files = _COMMANDS[name]
+    prog = f"python -m data_prep.{name}"
+
+    def run(args_list) -> int:
+        parser = OneLineParser(prog=prog, description=_DESCRIPTIONS[name])
+        arguments(parser)
+        return files(parser.parse_args(args_list))
+
+    return run_cli(prog, run, argv)
+
 
 
 if __name__ == "__main__":

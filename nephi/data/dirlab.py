@@ -59,11 +59,9 @@ Outputs of :func:`convert_dirlab` (``OUT`` is the output folder)
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import re
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +88,6 @@ __all__ = [
     "initial_error_mm",
     "find_case_files",
     "convert_dirlab",
-    "add_subparser",
-    "main",
 ]
 
 
@@ -554,55 +550,3 @@ def _write_initial_errors(results, out_dir: Path) -> None:
                 f"{r['std_error_mm']:.4f}", "" if published is None else f"{published:.2f}",
                 "" if published is None else f"{r['mean_error_mm'] - published:.4f}",
             ])
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("root", help="folder with the downloaded DIR-LAB data (searched "
-                                     "recursively for case*/copd* images and landmark files)")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--cases", nargs="+", default=None,
-                        help="cases to convert, e.g. copd1 copd2 case5 (default: all found)")
-    parser.add_argument("--table", default=None,
-                        help="CSV with columns case,nx,ny,nz,sx,sy,sz overriding the built-in "
-                             "image sizes and voxel spacings (mm)")
-    parser.add_argument("--hu-offset", type=int, default=None,
-                        help="integer added to raw values (default -1024 for both sets, giving "
-                             "HU; 0 keeps raw values)")
-
-
-def _run(args: argparse.Namespace) -> int:
-    """Handler of the ``dirlab`` command; returns the process exit status."""
-    try:
-        results = convert_dirlab(args.root, args.out, cases=args.cases, table=args.table,
-                                 hu_offset=args.hu_offset)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{'case':<8} {'points':>6} {'mean mm':>9} {'std mm':>8} {'published':>9}")
-    for r in results:
-        published = r["published_mean_error_mm"]
-        print(f"{r['case']:<8} {r['n_points']:>6} {r['mean_error_mm']:>9.2f} "
-              f"{r['std_error_mm']:>8.2f} {'-' if published is None else f'{published:.2f}':>9}")
-    print(f"wrote {len(results)} case(s), pairs.csv and initial_errors.csv to {args.out}")
-    return 0
-
-
-def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``dirlab`` command on an ``argparse`` subparsers object.
-
-    The command's handler is stored as ``func`` (``args.func(args)`` returns an exit status).
-    """
-    parser = subparsers.add_parser(
-        "dirlab", help="convert DIR-LAB 4DCT / COPDGene raw data to NIfTI and RAS landmark CSVs",
-        description=__doc__.split("\n\n")[0])
-    _add_arguments(parser)
-    parser.set_defaults(func=_run)
-    return parser
-
-
-def main(argv=None) -> int:
-    """``python -m data_prep.dirlab ROOT --out DIR [...]``."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep.dirlab",
-                                     description=__doc__.split("\n\n")[0])
-    _add_arguments(parser)
-    return _run(parser.parse_args(argv))

@@ -71,10 +71,9 @@ Command line: ``python -m data_prep.synthetic_lung --out DIR [--shape 64 64 64]
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import nibabel as nib
 import numpy as np
@@ -914,53 +913,3 @@ def make_lung_pair(shape: Sequence[int] = (64, 64, 64),
         inhale_points=inhale_points, exhale_points=exhale_points,
         landmark_is_branch=is_branch, motion=motion, anatomy=anatomy,
     )
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64],
-                        help="grid size in voxels (default 64 64 64)")
-    parser.add_argument("--spacing", type=float, nargs=3, default=[4.0, 4.0, 4.0],
-                        help="voxel size in mm (default 4 4 4)")
-    parser.add_argument("--motion-mm", type=float, default=12.0,
-                        help="nominal diaphragm motion in mm (default 12)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--n-landmarks", type=int, default=300,
-                        help="number of landmarks (default 300)")
-    parser.add_argument("--noise-hu", type=float, default=20.0,
-                        help="image noise standard deviation in HU (default 20)")
-
-
-def _handler(args: argparse.Namespace) -> int:
-    """Write one pair into ``args.out`` and print a one-line summary."""
-    pair = make_lung_pair(shape=args.shape, spacing=args.spacing, motion_mm=args.motion_mm,
-                          n_landmarks=args.n_landmarks, seed=args.seed, noise_hu=args.noise_hu)
-    pair.save(args.out)
-    disp = pair.landmark_displacements()
-    shape = "x".join(str(v) for v in args.shape)
-    spacing = "x".join(f"{v:g}" for v in args.spacing)
-    print(f"wrote synthetic lung pair {shape} @ {spacing} mm (seed {args.seed}) to {args.out}: "
-          f"{len(disp)} landmarks, mean displacement {disp.mean():.2f} mm "
-          f"(max {disp.max():.2f} mm)")
-    return 0
-
-
-def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register the ``synthetic-lung`` subcommand on an argparse ``subparsers`` object; its
-    ``func`` default is the handler."""
-    parser = subparsers.add_parser(
-        "synthetic-lung",
-        help="3-D synthetic inhale/exhale lung CT pair with landmarks",
-        description=__doc__.split("\n\n")[0],
-    )
-    _add_arguments(parser)
-    parser.set_defaults(func=_handler)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Standalone entry point: ``python -m data_prep.synthetic_lung ...``."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep.synthetic_lung",
-                                     description=__doc__.split("\n\n")[0])
-    _add_arguments(parser)
-    return _handler(parser.parse_args(argv))

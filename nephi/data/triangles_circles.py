@@ -41,14 +41,12 @@ Conventions
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Union
 
 import numpy as np
 
-from nephi.results.metrics import foreground_dice
 
 
 MODES = ("solid", "hollow")
@@ -391,47 +389,3 @@ def save_tc_pair_nifti(pair: Dict[str, Any], out_dir: Union[str, os.PathLike]) -
         nib.save(img, path)
         paths[key] = path
     return paths
-
-
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--n", type=int, default=100, help="number of pairs (default 100)")
-    parser.add_argument("--size", type=int, default=128, help="image side S in pixels (default 128)")
-    parser.add_argument("--mode", choices=MODES, default="solid", help="solid or hollow shapes")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-
-
-def _handler(args: argparse.Namespace) -> int:
-    """Write ``args.out/pair_XXXX/{moving,fixed,moving_label,fixed_label}.nii.gz``."""
-    data = make_tc_dataset(args.n, args.size, args.mode, args.seed)
-    for idx in range(args.n):
-        pair = {k: data[k][idx] for k in ("moving", "fixed", "moving_label", "fixed_label")}
-        save_tc_pair_nifti(pair, os.path.join(args.out, f"pair_{idx:04d}"))
-    if args.n:
-        scores = [foreground_dice(m, f) for m, f in zip(data["moving_label"], data["fixed_label"])]
-        mean_dice = f", mean initial Dice {np.mean(scores):.3f}"
-    else:
-        mean_dice = ""
-    print(f"wrote {args.n} {args.mode} triangles-circles pairs of size {args.size} to {args.out}{mean_dice}")
-    return 0
-
-
-def add_subparser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register the ``triangles-circles`` subcommand on an argparse
-    ``subparsers`` object; its ``func`` default is the handler."""
-    parser = subparsers.add_parser(
-        "triangles-circles",
-        help="2-D Triangles and Circles synthetic pairs",
-        description=__doc__.split("\n\n")[0],
-    )
-    _add_arguments(parser)
-    parser.set_defaults(func=_handler)
-    return parser
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Standalone entry point: ``python -m data_prep.triangles_circles ...``."""
-    parser = argparse.ArgumentParser(prog="python -m data_prep.triangles_circles",
-                                     description=__doc__.split("\n\n")[0])
-    _add_arguments(parser)
-    return _handler(parser.parse_args(argv))

@@ -9,7 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from nephi.cli.prep import add_command
 from nephi.data import dirlab
+
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -287,7 +289,7 @@ def test_cli_subparser_and_module(fake_root, tmp_path):
 
     root, table, _ = fake_root
     parser = argparse.ArgumentParser(prog="nephi-prep")
-    dirlab.add_subparser(parser.add_subparsers(dest="command"))
+    add_command(parser.add_subparsers(dest="command"), "dirlab")
     out = tmp_path / "cli"
     args = parser.parse_args(["dirlab", str(root), "--out", str(out), "--cases", "copd1",
                               "--table", str(table), "--hu-offset", "0"])

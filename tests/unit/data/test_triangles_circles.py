@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from nephi.data.triangles_circles import add_subparser, main, make_tc_dataset, make_tc_pair, make_tc_shape, save_tc_pair_nifti
+from nephi.cli.prep import add_command, command_main
+from nephi.data.triangles_circles import (make_tc_dataset, make_tc_pair, make_tc_shape,
+                                          save_tc_pair_nifti)
 from nephi.results.metrics import foreground_dice as dice
+
 
 S = 64
 MODES = ("solid", "hollow")
@@ -201,7 +204,7 @@ def _check_output_dir(out, n):
 
 def test_subparser(tmp_path):
     parser = argparse.ArgumentParser()
-    add_subparser(parser.add_subparsers(dest="command"))
+    add_command(parser.add_subparsers(dest="command"), "triangles_circles")
     out = tmp_path / "tc"
     args = parser.parse_args(["triangles-circles", "--n", "2", "--size", str(S),
                               "--mode", "solid", "--out", str(out), "--seed", "2"])
@@ -211,7 +214,7 @@ def test_subparser(tmp_path):
 
 def test_main_and_module_entry_point(tmp_path):
     out = tmp_path / "main"
-    assert main(["--n", "2", "--size", str(S), "--mode", "hollow", "--out", str(out)]) == 0
+    assert command_main("triangles_circles", ["--n", "2", "--size", str(S), "--mode", "hollow", "--out", str(out)]) == 0
     _check_output_dir(out, 2)
     out = tmp_path / "module"
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
