@@ -48,7 +48,8 @@ if ROOT not in sys.path:
 
 from nephi.geometry.grid import Grid, ras_lps_flip, ras_to_lps
 from nephi.io.fields import read_displacement_field, write_displacement_field
-from nephi.io.images import load_image, load_points, save_points
+from nephi.io.images import load_image
+from nephi.io.points import load_points, save_points
 from nephi.transforms.displacement import map_points
 
 

@@ -12,9 +12,9 @@ from nephi.config.validate import validate_pairwise
 from nephi.errors import NephiInputError
 from nephi.io.atomic import check_output_dir
 from nephi.io.images import load_mask
-from nephi.pipeline.feedforward import base_config, load_model, register_pairs, register_with_model
+from nephi.pipeline import feedforward, pairwise
+from nephi.pipeline.feedforward import base_config, load_model, register_with_model
 from nephi.pipeline.inputs import LoadedPair, select_device
-from nephi.pipeline.pairwise import register
 from nephi.results.result import summary_line
 
 
@@ -30,9 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair", nargs=2, metavar=("MOVING", "FIXED"),
                    help="moving image A and fixed image B (NIfTI, 2-D or 3-D)")
     p.add_argument("--pairs", metavar="PAIRS.csv",
-                   help="with --checkpoint: register every row of a CSV (columns moving,fixed; "
-                        "optional name, moving_mask, fixed_mask, moving_points, fixed_points) "
-                        "into --out/<name or pair_NNNN>/, skipping pairs already done")
+                   help="register every row of a CSV (columns moving,fixed; optional name, "
+                        "moving_mask, fixed_mask, moving_points, fixed_points) into "
+                        "--out/<name or pair_NNNN>/, skipping pairs already done, and write "
+                        "--out/summary.csv (pairwise, or feed-forward with --checkpoint)")
     p.add_argument("--out", required=True, metavar="DIR", help="result folder")
     p.add_argument("--checkpoint", metavar="CKPT",
                    help="trained network (train/train.py checkpoint): feed-forward prediction, "
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qc", action="store_true", default=None,
                    help="also write qc_overview.png into --out: quick-look slices (fixed, moving, "
                         "warped, overlays, deformed grid, Jacobian); same as --set output.qc=true")
+    p.add_argument("--output-format", choices=["nii.gz", "nii", "nrrd", "mha"],
+                   help="format of warped and jacobian images (default: the fixed image's; "
+                        "displacement fields are always ITK NIfTI and .h5)")
+    p.add_argument("--log-jacobian", action="store_true", default=None,
+                   help="also write log_jacobian (log det J of phi_AB; NaN at folds)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -102,8 +108,7 @@ def _check_modes(args) -> None:
     """--pair or --pairs (not both); the options that only make sense with --checkpoint."""
     if (args.pair is None) == (args.pairs is None):
         raise NephiInputError("give one of --pair MOVING FIXED or --pairs PAIRS.csv")
-    for name, value in (("--pairs", args.pairs), ("--io-params", args.io_params),
-                        ("--moving-mask", args.moving_mask)):
+    for name, value in (("--io-params", args.io_params), ("--moving-mask", args.moving_mask)):
         if value is not None and not args.checkpoint:
             raise NephiInputError(f"{name}: needs --checkpoint (a trained network)")
     if args.pairs and (args.mask or args.landmarks or args.moving_landmarks or args.moving_mask):
@@ -123,9 +128,15 @@ def _run(argv) -> int:
     select_device(cfg["device"])
     check_output_dir(args.out)
     command = ["nephi-infer", *argv]
+    progress = not args.no_progress
     if args.pairs:
-        counts = register_pairs(model, args.pairs, args.out, cfg, args.io_params or "latent",
-                                command=command, progress=not args.no_progress)
+        if model is not None:
+            counts = feedforward.register_pairs(model, args.pairs, args.out, cfg,
+                                                args.io_params or "latent", command=command,
+                                                progress=progress)
+        else:
+            counts = pairwise.register_pairs(args.pairs, args.out, cfg, command=command,
+                                             progress=progress)
         print(f"nephi-infer: {counts['done']} registered, {counts['skipped']} skipped (already "
               f"done), {counts['failed']} failed; results in {args.out}")
         return 2 if counts["failed"] else 0
@@ -135,10 +146,9 @@ def _run(argv) -> int:
         moving_mask = (load_mask(args.moving_mask, pair.moving.grid, what="moving mask")
                        if args.moving_mask else None)
         summary = register_with_model(model, pair, args.out, cfg, args.io_params or "latent",
-                                      moving_mask, command=command,
-                                      progress=not args.no_progress)
+                                      moving_mask, command=command, progress=progress)
     else:
-        summary = register(pair, args.out, cfg, command=command, progress=not args.no_progress)
+        summary = pairwise.register(pair, args.out, cfg, command=command, progress=progress)
     print(f"nephi-infer: wrote {args.out}: {summary_line(summary, full=True)}")
     return 0
 

@@ -20,7 +20,8 @@ MODE_OPTIONS = {"io_steps": ("--io-steps", "steps"), "points": ("--points", "poi
 """argparse attribute -> (flag, key inside the active mode's section)."""
 
 RUN_OPTIONS = {"seed": ("--seed", "seed"), "device": ("--device", "device"),
-               "qc": ("--qc", "output.qc")}
+               "qc": ("--qc", "output.qc"), "output_format": ("--output-format", "output.format"),
+               "log_jacobian": ("--log-jacobian", "output.log_jacobian")}
 """argparse attribute -> (flag, dotted key), the same for every mode."""
 
 

@@ -25,7 +25,7 @@ from nephi.transforms.jacobian import NEPHI_METHODS
 
 
 __all__ = ["MODES", "REGULARIZER_SPACES", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "SCHEDULES",
-           "VAL_METRICS", "DATA_BUILDS", "MIXED_PRECISION", "require_positive", "require_finite",
+           "VAL_METRICS", "DATA_BUILDS", "MIXED_PRECISION", "OUTPUT_FORMATS", "require_positive", "require_finite",
            "validate_io", "validate_pairwise", "validate_training"]
 
 MODES = ("nephi", "inr", "velocity")
@@ -36,6 +36,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 VAL_METRICS = ("landmark_error", "dice", "loss")
 DATA_BUILDS = ("none", "synthetic-lung", "triangles-circles")
 MIXED_PRECISION = ("no", "fp16", "bf16")
+OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
 
 
 def _fail(key: str, why: str):
@@ -175,6 +176,8 @@ def validate_pairwise(cfg: dict, option_names: dict | None = None, min_steps: in
                            "loss.fd_eps"], names)
     require_positive(cfg, ["optim.lr", "optim.latent_lr"], names, allow_null=True)
     _check_positive("optim.steps", cfg["optim"]["steps"], integer=True, zero=True)
+    if cfg["output"]["format"] is not None:
+        _one_of("output.format", cfg["output"]["format"], OUTPUT_FORMATS, "--output-format")
     _one_of("loss.jacobian", cfg["loss"]["jacobian"], NEPHI_METHODS)
     for key in ("lambda_reg", "lambda_prior"):
         if cfg["loss"][key] < 0:

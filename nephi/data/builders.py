@@ -22,7 +22,8 @@ from nephi.data.pairfile import PairFileWriter
 from nephi.data.preprocess import PrepConfig, assign_splits, per_axis, preprocess_pair
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid, spatial_affine
-from nephi.io.images import Image, load_image, load_mask, load_points
+from nephi.io.images import Image, load_image, load_mask
+from nephi.io.points import load_points
 
 
 LUNG_WINDOW = {"method": "window", "low": 1.0, "high": 99.0, "window": [-1000.0, 0.0]}

@@ -14,7 +14,7 @@ import torch
 
 from nephi import __version__
 from nephi.data.preprocess import PreparedPair, PrepConfig
-from nephi.errors import NephiInputError
+from nephi.errors import NephiInputError, short_reason
 from nephi.geometry.grid import Grid
 
 
@@ -107,10 +107,16 @@ class PairFileWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
+        try:
+            if exc_type is None:
+                self.close()
+                return False
+        except OSError as error:
+            exc = error
+        self.abort()
+        if isinstance(exc, OSError):
+            raise NephiInputError(f"{self.path}: cannot be written ({short_reason(exc)}); "
+                                  "nothing was written") from None
         return False
 
 

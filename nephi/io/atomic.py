@@ -55,29 +55,46 @@ class AtomicDir:
 
     If ``path`` does not exist, the temporary folder is renamed to it. If it exists, each file
     is moved in with ``os.replace`` (each file appears whole). On error the temporary folder is
-    removed and ``path`` is left as it was.
+    removed and ``path`` is left as it was; an error of the file system itself (no space left,
+    read-only, no permission: an OSError with an errno) becomes one NephiInputError naming
+    ``option`` and the folder.
     """
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, option: str = "--out"):
         self.path = os.path.abspath(path)
+        self.option = option
         self.tmp = None
+
+    def _failed(self, exc: OSError):
+        return NephiInputError(f"{self.option} {self.path}: cannot be written "
+                               f"({exc.strerror or exc}); nothing was written")
 
     def __enter__(self) -> str:
         parent = os.path.dirname(self.path)
-        os.makedirs(parent, exist_ok=True)
-        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.partial-", dir=parent)
+        try:
+            os.makedirs(parent, exist_ok=True)
+            self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.path)}.partial-",
+                                        dir=parent)
+        except OSError as exc:
+            raise self._failed(exc) from None
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise self._failed(exc) from None
             return False
-        if not os.path.exists(self.path):
-            os.rename(self.tmp, self.path)
-            return False
-        for name in os.listdir(self.tmp):
-            os.replace(os.path.join(self.tmp, name), os.path.join(self.path, name))
-        os.rmdir(self.tmp)
+        try:
+            if not os.path.exists(self.path):
+                os.rename(self.tmp, self.path)
+                return False
+            for name in os.listdir(self.tmp):
+                os.replace(os.path.join(self.tmp, name), os.path.join(self.path, name))
+            os.rmdir(self.tmp)
+        except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise self._failed(exc) from None
         return False
 
 

@@ -1,12 +1,12 @@
-"""Reading and writing images, masks and point sets, with the checks users need.
+"""Reading and writing images and masks, with the checks users need.
 
-Images are NIfTI (``.nii`` or ``.nii.gz``), 2-D or 3-D (a trailing singleton axis is dropped).
-Point sets are CSV files with a header ``x,y,z`` (2-D: ``x,y``) in RAS millimetres.
+Images are 2-D or 3-D (a trailing singleton axis is dropped): NIfTI (``.nii``, ``.nii.gz``,
+nibabel), NRRD, MetaImage and DICOM series (SimpleITK, :mod:`nephi.io.itk_images`).
+Point sets are read and written by :mod:`nephi.io.points`.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass
@@ -16,6 +16,7 @@ import numpy as np
 
 from nephi.errors import NephiInputError, short_reason
 from nephi.geometry.grid import Grid, spatial_affine
+from nephi.io.itk_images import ITK_SUFFIXES, is_nifti, read_itk_image, write_itk_image
 
 
 @dataclass
@@ -82,17 +83,26 @@ def _check_file(path: str, what: str, kind: str) -> str:
 
 
 def load_image(path: str, what: str = "image", allow_nonfinite: bool = False) -> Image:
-    """Load a 2-D or 3-D NIfTI; raise NephiInputError naming ``path`` on any problem.
+    """Load a 2-D or 3-D image; raise NephiInputError naming ``path`` on any problem.
 
-    Anything that goes wrong while parsing or reading the file (missing, a folder, not NIfTI,
-    corrupt header, truncated or corrupt data, unsupported voxel type) becomes one
-    NephiInputError whose message names the file and the problem.
+    NIfTI (``.nii``, ``.nii.gz``) is read with nibabel; NRRD, MetaImage and DICOM series (a
+    folder, or a file of the series) with SimpleITK (:mod:`nephi.io.itk_images`). Anything that
+    goes wrong while parsing or reading the file (missing, not an image, corrupt header,
+    truncated or corrupt data, unsupported voxel type) becomes one NephiInputError whose message
+    names the file and the problem.
     """
-    label = _check_file(path, what, "a NIfTI file")
+    label = f"{what} {path}"
+    if path and os.path.isdir(path):
+        if not os.access(path, os.R_OK | os.X_OK):
+            raise NephiInputError(f"{label}: permission denied")
+        return _itk_image(path, label, allow_nonfinite)
+    label = _check_file(path, what, "an image file")
     if not os.access(path, os.R_OK):
         raise NephiInputError(f"{label}: permission denied")
     if os.path.getsize(path) == 0:
         raise NephiInputError(f"{label}: file is empty")
+    if not is_nifti(path):
+        return _itk_image(path, label, allow_nonfinite)
     with _NibabelMessages() as messages:
         try:
             img = nib.load(path)
@@ -120,6 +130,14 @@ def load_image(path: str, what: str = "image", allow_nonfinite: bool = False) ->
             raise NephiInputError(f"{label}: header affine cannot be read ({short_reason(exc)})") from None
     messages.replay()
     return _checked_image(data, affine, label, path, source_dtype, allow_nonfinite)
+
+
+def _itk_image(path: str, label: str, allow_nonfinite: bool) -> Image:
+    data, affine = read_itk_image(path, label)
+    shape = _checked_shape(data.shape, label)
+    _check_voxel_type(data.dtype, label)
+    return _checked_image(np.asarray(data, dtype=np.float32).reshape(shape), affine, label, path,
+                          data.dtype, allow_nonfinite)
 
 
 def _checked_shape(shape: tuple, label: str) -> tuple:
@@ -194,8 +212,12 @@ def load_mask(path: str, grid: Grid, what: str = "mask") -> np.ndarray:
 
 
 def save_image(path: str, data: np.ndarray, grid: Grid, dtype=np.float32, intent=None) -> None:
-    """Write ``data`` (grid.shape + optional trailing axes) as NIfTI with the grid's affine."""
+    """Write ``data`` (grid.shape + optional trailing axes) with the grid's geometry: NIfTI, or
+    NRRD / MetaImage by the suffix of ``path`` (scalar images)."""
     arr = np.asarray(data).astype(dtype, copy=False)
+    if path.lower().endswith(ITK_SUFFIXES):
+        write_itk_image(path, arr, grid)
+        return
     img = nib.Nifti1Image(arr, grid.nifti_affine)
     img.header.set_qform(grid.nifti_affine, code=1)
     img.header.set_sform(grid.nifti_affine, code=1)
@@ -205,48 +227,7 @@ def save_image(path: str, data: np.ndarray, grid: Grid, dtype=np.float32, intent
     nib.save(img, path)
 
 
-def load_points(path: str, ndim: int, what: str = "points") -> np.ndarray:
-    """Read a CSV point set (header x,y[,z], RAS mm) -> float64 array (N, ndim)."""
-    label = _check_file(path, what, "a CSV file")
-    names = ["x", "y", "z"][:ndim]
-    rows = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or any(n not in reader.fieldnames for n in names):
-                raise NephiInputError(f"{label}: needs a header with columns {','.join(names)}")
-            for line, row in enumerate(reader, start=2):
-                try:
-                    rows.append([float(row[n]) for n in names])
-                except (TypeError, ValueError):
-                    raise NephiInputError(f"{label}: line {line} is not numeric") from None
-    except UnicodeDecodeError:
-        raise NephiInputError(f"{label}: not a text (UTF-8) CSV file") from None
-    except csv.Error as exc:
-        raise NephiInputError(f"{label}: not a valid CSV file ({short_reason(exc)})") from None
-    except OSError as exc:
-        raise NephiInputError(f"{label}: cannot be read ({short_reason(exc)})") from None
-    pts = np.asarray(rows, dtype=np.float64).reshape(-1, ndim)
-    if len(pts) == 0:
-        raise NephiInputError(f"{label}: holds no point")
-    if not np.all(np.isfinite(pts)):
-        raise NephiInputError(f"{label}: holds non-finite coordinates")
-    return pts
-
-
-def save_points(path: str, points: np.ndarray) -> None:
-    """Write points (N, d) in RAS mm as CSV with header x,y[,z]."""
-    points = np.asarray(points, dtype=np.float64)
-    names = ["x", "y", "z"][: points.shape[1]]
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(names)
-        for p in points:
-            writer.writerow([f"{v:.4f}" for v in p])
-
-
-__all__ = ["Image", "load_image", "load_mask", "save_image", "load_points", "save_points",
-           "grid_of", "as_image"]
+__all__ = ["Image", "load_image", "load_mask", "save_image", "grid_of", "as_image"]
 
 
 def grid_of(path: str, what: str = "reference image") -> Grid:

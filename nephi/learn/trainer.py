@@ -49,12 +49,14 @@ from nephi.data.pairfile import PairDataset, PairFile
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
 from nephi.geometry.pair import PairTensors
+from nephi.io.atomic import write_file
 from nephi.learn.validation import log_validation, selection_metric, validation_metrics
 from nephi.models.checkpoint import code_version, load_checkpoint
 from nephi.models.encoder import EncoderConfig, RegistrationNet
 from nephi.models.fields import FieldConfig
 from nephi.objectives.nephi_loss import nephi_terms
 from nephi.objectives.terms import total
+from nephi.progress import Progress
 
 
 def lr_factor(cfg: dict, step: int) -> float:
@@ -213,6 +215,11 @@ def param_hash(module: torch.nn.Module) -> str:
 
 
 # ----------------------------------------------------------------------------- the run
+def _dump(path: str, text: str) -> None:
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
 class Trainer:
     """One training run (or its resumption) on every process of an accelerate launch.
 
@@ -303,8 +310,9 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         os.makedirs(self.ckpt_dir, exist_ok=True)
-        with open(os.path.join(self.output_dir, "config.yaml"), "w") as fh:
-            yaml.safe_dump(self.cfg, fh, sort_keys=False)
+        write_file(os.path.join(self.output_dir, "config.yaml"),
+                   lambda tmp: _dump(tmp, yaml.safe_dump(self.cfg, sort_keys=False)),
+                   option="--output-dir")
         self.writer = SummaryWriter(os.path.join(self.output_dir, "tensorboard"),
                                     purge_step=self.start + 1)
         n_params = sum(p.numel() for p in self.net.parameters())
@@ -426,13 +434,10 @@ class Trainer:
 
     def run(self) -> dict:
         """Set up, loop over the remaining steps, finish; returns the last validation metrics."""
-        from tqdm import tqdm
-
         self.setup()
         cfg, steps = self.cfg, self.steps
-        bar = tqdm(total=steps, initial=self.start, unit="step", dynamic_ncols=True,
-                   disable=not (self.accelerator.is_main_process and cfg["train"]["progress"]),
-                   desc="train")
+        bar = Progress(steps, "train", initial=self.start,
+                       enabled=self.accelerator.is_main_process and cfg["train"]["progress"])
         running: dict = {}
         last_log, last_time = self.start, time.perf_counter()
         self.step_module.train()
@@ -440,7 +445,7 @@ class Trainer:
             for k, v in self.train_step(step).items():
                 running[k] = running.get(k, 0.0) + v
             done = step + 1
-            bar.update(1)
+            bar.update()
             if done % int(cfg["train"]["log_every"]) == 0 or done == steps:
                 now = time.perf_counter()
                 self.log(running, done, done - last_log, now - last_time, bar)
@@ -457,9 +462,10 @@ class Trainer:
     def finish(self) -> None:
         """Each process writes its parameter hash (DDP sanity check); logs are closed."""
         final_hash = param_hash(self.accelerator.unwrap_model(self.step_module))
-        with open(os.path.join(self.output_dir, f"replica_rank{self.rank}.json"), "w") as fh:
-            json.dump({"rank": self.rank, "world_size": self.world, "step": self.steps,
-                       "param_sha256": final_hash}, fh)
+        replica = json.dumps({"rank": self.rank, "world_size": self.world, "step": self.steps,
+                              "param_sha256": final_hash})
+        write_file(os.path.join(self.output_dir, f"replica_rank{self.rank}.json"),
+                   lambda tmp: _dump(tmp, replica), option="--output-dir")
         if self.writer is not None:
             self.writer.close()
             self.log_line(f"nephi-train: done at step {self.steps}; checkpoints in "

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm import tqdm
 
 from nephi.geometry.pair import PairTensors
+from nephi.progress import Progress
 from nephi.objectives.terms import total
 from nephi.optim.modes import build_mode
 from nephi.transforms.base import PointMap
@@ -67,9 +67,8 @@ def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
     start = time.perf_counter()
     for stage in mode.stages():
         optimizer = torch.optim.Adam(stage.groups)
-        bar = tqdm(range(stage.steps), desc=f"IO {stage.label}", unit="step",
-                   disable=not progress or stage.steps == 0, dynamic_ncols=True, leave=False)
-        for step in bar:
+        bar = Progress(stage.steps, f"IO {stage.label}", enabled=progress)
+        for step in range(stage.steps):
             optimizer.zero_grad(set_to_none=True)
             terms = mode.terms(pair, generator)
             loss = total(terms)
@@ -81,7 +80,8 @@ def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
                 record["stage"] = stage.index + 1
             history.append(record)
             if progress and (step % 10 == 0 or step == stage.steps - 1):
-                bar.set_postfix(_postfix(record))
+                bar.set_postfix(**_postfix(record))
+            bar.update()
         bar.close()
         total_steps += stage.steps
     phi_ab, phi_ba = mode.maps()

@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import sys
 import time
@@ -27,24 +25,19 @@ import torch
 
 from nephi.config.loader import load_defaults
 from nephi.config.options import io_steps
-from nephi.data.preprocess import PrepConfig, preprocess_pair, read_pairs_csv
+from nephi.data.preprocess import PrepConfig, preprocess_pair
 from nephi.errors import NephiInputError
 from nephi.geometry.pair import PairTensors
 from nephi.io.atomic import check_output_dir
-from nephi.io.images import load_mask
 from nephi.models.encoder import RegistrationNet
-from nephi.pipeline.inputs import LoadedPair, select_device
-from nephi.pipeline.pairwise import register_pair
-from nephi.results.result import Result, summary_line
+from nephi.pipeline.batch import run_pairs
+from nephi.pipeline.inputs import LoadedPair, as_mask, select_device
+from nephi.pipeline.pairwise import register_pair, save_result
+from nephi.results.result import Result
 
 
 __all__ = ["LoadedModel", "load_model", "base_config", "predict", "register_with_model",
            "register_pairs"]
-
-SUMMARY_FIELDS = ("name", "status", "ncc_before", "ncc_after", "folding_percent",
-                  "landmark_error_before_mm", "landmark_error_after_mm", "feedforward_seconds",
-                  "io_seconds", "wall_time_s")
-
 
 @dataclass
 class LoadedModel:
@@ -148,61 +141,19 @@ def register_with_model(model: LoadedModel, pair: LoadedPair, out_dir: str, cfg:
     check_output_dir(out_dir)
     result = predict(model, pair, cfg, io_params, moving_mask, progress)
     result.summary["command"] = command if command is not None else sys.argv
-    result.save(out_dir, qc=bool(cfg["output"].get("qc", False)))
+    save_result(result, out_dir, cfg)
     return result.summary
 
 
 def register_pairs(model: LoadedModel, pairs_csv: str, out_dir: str, cfg: dict,
                    io_params: str = "latent", command: list | None = None,
                    progress: bool = True, log=print) -> dict:
-    """Register every pair of ``pairs_csv`` into ``out_dir/<name>/`` (name: the CSV's name
-    column, else ``pair_<row>``), skipping folders that already hold a summary.json.
+    """Feed-forward registration of every pair of ``pairs_csv`` (see
+    :func:`nephi.pipeline.batch.run_pairs`: one folder per pair, resumable, summary.csv)."""
 
-    Writes ``out_dir/pairs_summary.csv`` (one row per pair) and returns counts
-    ``{"done", "skipped", "failed"}``. A pair with bad input is reported and the others go on.
-    """
-    rows = read_pairs_csv(pairs_csv)
-    names = [r["name"] or f"pair_{i:04d}" for i, r in enumerate(rows, start=1)]
-    if len(set(names)) != len(names):
-        raise NephiInputError(f"pairs CSV {pairs_csv}: names must be unique")
-    os.makedirs(out_dir, exist_ok=True)
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    records = []
-    for k, (row, name) in enumerate(zip(rows, names), start=1):
-        sub = os.path.join(out_dir, name)
-        summary_path = os.path.join(sub, "summary.json")
-        if os.path.isfile(summary_path):
-            counts["skipped"] += 1
-            with open(summary_path) as fh:
-                records.append(_record(name, "skipped (already done)", json.load(fh)))
-            continue
-        try:
-            pair = LoadedPair(row["moving"], row["fixed"], row["fixed_mask"], row["fixed_points"],
-                              row["moving_points"])
-            moving_mask = (load_mask(row["moving_mask"], pair.moving.grid, what="moving mask")
-                           if row["moving_mask"] else None)
-            summary = register_with_model(model, pair, sub, cfg, io_params, moving_mask,
-                                          command=command, progress=progress)
-        except NephiInputError as exc:
-            counts["failed"] += 1
-            log(f"nephi-infer: pair {name} (CSV line {row['line']}) failed: {exc}")
-            records.append({"name": name, "status": f"failed: {exc}"})
-            continue
-        counts["done"] += 1
-        records.append(_record(name, "done", summary))
-        log(f"nephi-infer: [{k}/{len(rows)}] {name}: {summary_line(summary)}")
-    with open(os.path.join(out_dir, "pairs_summary.csv"), "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(records)
-    return counts
+    def one(pair: LoadedPair, row: dict, folder: str) -> dict:
+        moving_mask = as_mask(row["moving_mask"], pair.moving.grid, "moving mask")
+        return register_with_model(model, pair, folder, cfg, io_params, moving_mask,
+                                   command=command, progress=progress)
 
-
-def _record(name: str, status: str, summary: dict) -> dict:
-    rec = {"name": name, "status": status}
-    for key in SUMMARY_FIELDS[2:]:
-        value = summary.get(key)
-        if isinstance(value, dict):
-            value = value.get("mean_mm")
-        rec[key] = value
-    return rec
+    return run_pairs(pairs_csv, out_dir, one, log)

@@ -9,7 +9,8 @@ import torch
 
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
-from nephi.io.images import Image, as_image, load_mask, load_points
+from nephi.io.images import Image, as_image, load_mask
+from nephi.io.points import load_points
 
 
 __all__ = ["LoadedPair", "as_mask", "select_device"]

@@ -25,8 +25,10 @@ from nephi.data.preprocess import resample
 from nephi.geometry.pair import PairTensors
 from nephi.io.atomic import check_output_dir
 from nephi.io.intensity import normalize
+from nephi.io.itk_images import output_suffix
 from nephi.objectives.similarity import ncc
 from nephi.optim.engine import IOResult, instance_optimize
+from nephi.pipeline.batch import run_pairs
 from nephi.pipeline.inputs import LoadedPair, select_device
 from nephi.results.metrics import folding_percent, landmark_errors
 from nephi.results.result import Result
@@ -35,7 +37,7 @@ from nephi.transforms.dense import DenseFields, dense_fields
 from nephi.transforms.displacement import Field
 
 
-__all__ = ["pair_tensors", "register_pair", "register"]
+__all__ = ["pair_tensors", "register_pair", "register", "register_pairs", "save_result"]
 
 
 def pair_tensors(pair: LoadedPair, cfg: dict, device) -> PairTensors:
@@ -159,5 +161,26 @@ def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = N
     check_output_dir(out_dir)
     result = register_pair(pair, cfg, progress=progress, **options)
     result.summary["command"] = command if command is not None else sys.argv
-    result.save(out_dir, qc=bool(cfg["output"].get("qc", False)))
+    save_result(result, out_dir, cfg)
     return result.summary
+
+
+def save_result(result: Result, out_dir: str, cfg: dict) -> None:
+    """Write ``result`` as configured by ``cfg['output']`` (quick look, image format, log
+    Jacobian; images in the fixed input's format unless ``output.format`` says otherwise)."""
+    out = cfg["output"]
+    fixed_path = result.fixed.path if result.fixed is not None else ""
+    result.save(out_dir, qc=bool(out["qc"]), log_jacobian=bool(out["log_jacobian"]),
+                image_suffix=output_suffix(fixed_path, out["format"]))
+
+
+def register_pairs(pairs_csv: str, out_dir: str, cfg: dict, command: list | None = None,
+                   progress: bool = True, log=print) -> dict:
+    """Pairwise registration of every pair of ``pairs_csv`` (see
+    :func:`nephi.pipeline.batch.run_pairs`: one folder per pair, resumable, summary.csv)."""
+    validate_pairwise(cfg)
+
+    def one(pair: LoadedPair, row: dict, folder: str) -> dict:
+        return register(pair, folder, cfg, command=command, progress=progress)
+
+    return run_pairs(pairs_csv, out_dir, one, log)

@@ -49,8 +49,9 @@ import numpy as np
 
 from nephi.errors import NephiInputError
 from nephi.io.atomic import check_output_path, write_file
-from nephi.io.images import load_image, load_points
+from nephi.io.images import load_image
 from nephi.io.layout import JACOBIAN
+from nephi.io.points import load_points
 from nephi.results.metrics import dice_scores, folding_percent, landmark_errors, mean_dice
 from nephi.results.result import Result
 from nephi.results.warp import DEFAULT_CHUNK, voxel_points, warp_image

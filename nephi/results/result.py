@@ -27,10 +27,12 @@ from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
 from nephi.io.atomic import AtomicDir
 from nephi.io.fields import read_field, save_scalar, write_displacement_field
-from nephi.io.images import Image, as_image, load_image, save_image, save_points
+from nephi.io.images import Image, as_image, load_image, save_image
 from nephi.io.itk import write_displacement_h5
-from nephi.io.layout import (FORWARD, FORWARD_H5, INVERSE, INVERSE_H5, JACOBIAN, LANDMARKS_MOVING,
-                             QC_FILE, SUMMARY, WARPED)
+from nephi.io.layout import (FORWARD, FORWARD_H5, IMAGE_SUFFIXES, INVERSE, INVERSE_H5, JACOBIAN,
+                             LANDMARKS_MOVING, LOG_JACOBIAN, QC_FILE, SUMMARY, WARPED, image_file)
+from nephi.io.points import save_points
+from nephi.results.jacobian import log_jacobian as log_of_jacobian
 from nephi.results.warp import warp_image
 from nephi.transforms.displacement import Field
 
@@ -77,21 +79,29 @@ class Result:
                                   "a nephi-infer --out folder?")
         return cls(path=path, what=what)
 
-    def save(self, folder: str, qc: bool = False) -> str:
+    def save(self, folder: str, qc: bool = False, image_suffix: str = ".nii.gz",
+             log_jacobian: bool = False) -> str:
         """Write the result folder ``folder`` atomically (it appears whole or not at all):
-        fields as ITK NIfTI and HDF5, the Jacobian determinant, the warped image, mapped
-        landmarks, summary.json and, with ``qc``, the quick-look picture. Returns ``folder``."""
+        fields as ITK NIfTI and HDF5, the Jacobian determinant (and with ``log_jacobian`` its
+        log, NaN at folds), the warped image (both in the format of ``image_suffix``: .nii.gz,
+        .nii, .nrrd or .mha), mapped landmarks, summary.json and, with ``qc``, the quick-look
+        picture. Returns ``folder``."""
         forward, inverse = self.field(), self.field(inverse=True)
         summary = dict(self.summary)
         with AtomicDir(folder) as tmp:
             if self._cache[WARPED] is not None:
-                save_image(os.path.join(tmp, WARPED), self.scalar(WARPED), forward.grid)
+                save_image(os.path.join(tmp, image_file(WARPED, image_suffix)),
+                           self.scalar(WARPED), forward.grid)
             write_displacement_field(os.path.join(tmp, FORWARD), forward.disp, forward.grid)
             write_displacement_field(os.path.join(tmp, INVERSE), inverse.disp, inverse.grid)
             write_displacement_h5(os.path.join(tmp, FORWARD_H5), forward.disp, forward.grid)
             write_displacement_h5(os.path.join(tmp, INVERSE_H5), inverse.disp, inverse.grid)
             if self._cache[JACOBIAN] is not None:
-                save_scalar(os.path.join(tmp, JACOBIAN), self.scalar(JACOBIAN), forward.grid)
+                save_scalar(os.path.join(tmp, image_file(JACOBIAN, image_suffix)),
+                            self.scalar(JACOBIAN), forward.grid)
+                if log_jacobian:
+                    save_scalar(os.path.join(tmp, image_file(LOG_JACOBIAN, image_suffix)),
+                                log_of_jacobian(self.scalar(JACOBIAN)), forward.grid)
             if self.landmarks_moving is not None:
                 save_points(os.path.join(tmp, LANDMARKS_MOVING), self.landmarks_moving)
             if qc:
@@ -157,13 +167,20 @@ class Result:
     def scalar(self, name: str) -> np.ndarray:
         """A scalar map on the fixed grid (``JACOBIAN`` or ``WARPED``), float32 (*S_fixed)."""
         if self._cache.get(name) is None:
-            img = load_image(self.file(name), what=f"{self.what} {self.path}: {name}",
-                             allow_nonfinite=True)
+            img = load_image(self.file(self._image_name(name)),
+                             what=f"{self.what} {self.path}: {name}", allow_nonfinite=True)
             if img.grid.shape != self.fixed_grid.shape:
                 raise NephiInputError(f"{img.path}: shape {img.grid.shape} differs from the "
                                       f"warp's grid {self.fixed_grid.shape}")
             self._cache[name] = img.data
         return self._cache[name]
+
+    def _image_name(self, name: str) -> str:
+        """The file of image ``name`` in the folder, in whichever format it was written."""
+        for suffix in IMAGE_SUFFIXES:
+            if self.has(image_file(name, suffix)):
+                return image_file(name, suffix)
+        return name
 
     def input_image(self, role: str, override: str | None = None) -> Image:
         """The fixed or moving image the registration read (``role`` 'fixed' or 'moving'):

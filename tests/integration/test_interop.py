@@ -30,7 +30,7 @@ from helpers_interop import Phantom, centred_grid, ncc, rotation, rotation_2d, s
 from nephi.config.loader import load_defaults, set_dotted
 from nephi.io.fields import read_displacement_field
 from nephi.geometry.grid import Grid, lps_to_ras, ras_to_lps
-from nephi.io.images import load_points, save_points
+from nephi.io.points import load_points, save_points
 from nephi.io.itk import read_displacement_h5, write_displacement_h5
 from nephi.transforms.displacement import map_points
 from nephi.pipeline.pairwise import LoadedPair, register

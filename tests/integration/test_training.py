@@ -174,7 +174,7 @@ def test_infer_pairs_csv(ddp_run, tc_data, tmp_path, capsys):
     capsys.readouterr()
     assert infer_main(argv) == 0
     assert "2 skipped" in capsys.readouterr().out
-    assert (out / "pairs_summary.csv").read_text().count("skipped") == 2
+    assert (out / "summary.csv").read_text().count("skipped") == 2
 
 
 def test_option_errors_are_one_line(ddp_run, tc_data, tmp_path, capsys):

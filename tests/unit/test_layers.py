@@ -8,7 +8,7 @@ import nephi
 
 PACKAGE = pathlib.Path(nephi.__file__).parent
 
-LAYERS = ["errors", "records", "geometry", "transforms", "io", "models", "objectives", "config",
+LAYERS = ["errors", "records", "progress", "geometry", "transforms", "io", "models", "objectives", "config",
           "optim", "results", "data", "learn", "pipeline", "cli"]
 """Bottom to top; a module of layer k may import nephi modules of layers < k and its own."""
 

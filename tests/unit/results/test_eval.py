@@ -16,7 +16,7 @@ from nephi.cli.evaluate import main as eval_main
 from nephi.cli.warp import main as warp_main
 from nephi.results.evaluate import evaluate_result, landmark_metrics
 from nephi.io.fields import write_displacement_field
-from nephi.io.images import load_points
+from nephi.io.points import load_points
 from nephi.transforms.displacement import map_points
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 from nephi.results.result import Result

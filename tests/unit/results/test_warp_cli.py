@@ -13,7 +13,8 @@ from helpers_results import assert_input_error, ncc, nifti_array, run_main
 from nephi.cli.points import main as points_main
 from nephi.cli.warp import main as warp_main
 from nephi.geometry.grid import lps_to_ras, ras_to_lps
-from nephi.io.images import load_image, load_points, save_points
+from nephi.io.images import load_image
+from nephi.io.points import load_points, save_points
 from nephi.transforms.displacement import map_points
 from nephi.results.warp import mapped_index, warp_image
 from nephi.results.result import Result
