@@ -227,7 +227,7 @@ def warp_file(result, image_path: str, out_path: str, interp: str = "linear",
     """
     if interp not in INTERPOLATORS:
         raise NephiInputError(f"--interp {interp}: expected one of {', '.join(INTERPOLATORS)}")
-    check_output_path(out_path, suffixes=(".nii", ".nii.gz"))
+    check_output_path(out_path, suffixes=(".nii", ".nii.gz", ".nrrd", ".mha"))
     field = result.field(inverse=inverse)
     image = load_image(image_path, what="--image")
     if image.ndim != field.grid.ndim:

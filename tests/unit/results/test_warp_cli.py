@@ -14,7 +14,7 @@ from nephi.cli.points import main as points_main
 from nephi.cli.warp import main as warp_main
 from nephi.geometry.grid import lps_to_ras, ras_to_lps
 from nephi.io.images import load_image
-from nephi.io.points import load_points, save_points
+from nephi.io.points import load_points, save_ants_points, save_points
 from nephi.transforms.displacement import map_points
 from nephi.results.warp import mapped_index, warp_image
 from nephi.results.result import Result
@@ -218,13 +218,45 @@ def test_points_with_true_motion_and_lps(truth, tmp_path, capsys):
     code, _, err = run_main(points_main, ["--result", truth["out"], "--points", lps_in, "--out",
                                      lps_out, "--lps"], capsys)
     assert code == 0, err
-    mapped_ras = lps_to_ras(load_points(str(lps_out), 3))
+    mapped_ras = load_points(str(lps_out), 3)  # --lps writes the ANTs CSV (x,y,z,t): read as RAS
     result = Result.load(truth["out"])
     direct = map_points(lung.inhale_points, result.field().disp, result.fixed_grid)
     np.testing.assert_allclose(mapped_ras, direct, atol=1e-3)
     # the true motion, interpolated from an 8 mm grid: close to the exact exhale points
     assert np.linalg.norm(mapped_ras - lung.exhale_points, axis=1).mean() < 0.5
     assert np.linalg.norm(lung.inhale_points - lung.exhale_points, axis=1).mean() > 8.0
+
+
+def test_points_slicer_and_ants_files_match_the_csv_route(truth, tmp_path, capsys):
+    def run(src, dst, *extra):
+        code, _, err = run_main(points_main, ["--result", truth["out"], "--points", src,
+                                              "--out", dst, *extra], capsys)
+        assert code == 0, err
+
+    inhale = truth["lung"].inhale_points
+    save_points(str(tmp_path / "fixed.csv"), inhale)
+    run(tmp_path / "fixed.csv", tmp_path / "moving.csv")
+    csv_route = load_points(str(tmp_path / "moving.csv"), 3)
+    # 3D Slicer markups JSON in and out (written in LPS, read back as RAS)
+    save_points(str(tmp_path / "fixed.mrk.json"), inhale)
+    run(tmp_path / "fixed.mrk.json", tmp_path / "moving.mrk.json")
+    assert '"coordinateSystem": "LPS"' in (tmp_path / "moving.mrk.json").read_text()
+    np.testing.assert_allclose(load_points(str(tmp_path / "moving.mrk.json"), 3), csv_route,
+                               atol=1e-3)
+    # --lps with a .csv output: the ANTs point CSV, LPS columns x,y,z then t = 0
+    run(tmp_path / "fixed.mrk.json", tmp_path / "moving_ants.csv", "--lps")
+    text = (tmp_path / "moving_ants.csv").read_text()
+    assert text.splitlines()[0] == "x,y,z,t,label,comment"
+    raw = np.loadtxt(tmp_path / "moving_ants.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(lps_to_ras(raw[:, :3]), csv_route, atol=1e-3)
+    assert np.all(raw[:, 3] == 0.0)
+    np.testing.assert_allclose(load_points(str(tmp_path / "moving_ants.csv"), 3), csv_route,
+                               atol=1e-3)
+    # an ANTs CSV input under --lps is not flipped twice; a .fcsv output
+    save_ants_points(str(tmp_path / "fixed_ants.csv"), inhale)
+    run(tmp_path / "fixed_ants.csv", tmp_path / "moving.fcsv", "--lps")
+    np.testing.assert_allclose(load_points(str(tmp_path / "moving.fcsv"), 3), csv_route,
+                               atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- bad input
