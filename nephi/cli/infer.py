@@ -12,6 +12,7 @@ from nephi.config.validate import validate_pairwise
 from nephi.errors import NephiInputError
 from nephi.io.atomic import check_output_dir
 from nephi.io.images import load_mask
+from nephi.io.itk_affine import read_affine
 from nephi.pipeline import feedforward, pairwise
 from nephi.pipeline.feedforward import base_config, load_model, register_with_model
 from nephi.pipeline.inputs import LoadedPair, select_device
@@ -78,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "displacement fields are always ITK NIfTI and .h5)")
     p.add_argument("--log-jacobian", action="store_true", default=None,
                    help="also write log_jacobian (log det J of phi_AB; NaN at folds)")
+    p.add_argument("--align", choices=["none", "rigid", "affine"],
+                   help="global alignment before the deformable stage: centre of mass, then "
+                        "rigid, then affine on an image pyramid (default affine; none with "
+                        "--checkpoint)")
+    p.add_argument("--align-only", action="store_true", default=None,
+                   help="stop after the alignment: a pure linear registration")
+    p.add_argument("--initial-transform", metavar="TRANSFORM",
+                   help="ITK / ANTs linear transform (.mat, .txt, .h5) mapping fixed to moving "
+                        "points to start from (refined by --align unless --align none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -111,6 +121,8 @@ def _check_modes(args) -> None:
     for name, value in (("--io-params", args.io_params), ("--moving-mask", args.moving_mask)):
         if value is not None and not args.checkpoint:
             raise NephiInputError(f"{name}: needs --checkpoint (a trained network)")
+    if args.initial_transform and (args.pairs or args.checkpoint):
+        raise NephiInputError("--initial-transform: only with --pair and without --checkpoint")
     if args.pairs and (args.mask or args.landmarks or args.moving_landmarks or args.moving_mask):
         raise NephiInputError("--pairs: masks and landmarks come from the CSV's columns, not "
                               "from --mask, --moving-mask, --landmarks or --moving-landmarks")
@@ -142,13 +154,16 @@ def _run(argv) -> int:
         return 2 if counts["failed"] else 0
     moving, fixed = args.pair
     pair = LoadedPair(moving, fixed, args.mask, args.landmarks, args.moving_landmarks)
+    initial = (read_affine(args.initial_transform, pair.fixed.ndim)
+               if args.initial_transform else None)
     if model is not None:
         moving_mask = (load_mask(args.moving_mask, pair.moving.grid, what="moving mask")
                        if args.moving_mask else None)
         summary = register_with_model(model, pair, args.out, cfg, args.io_params or "latent",
                                       moving_mask, command=command, progress=progress)
     else:
-        summary = pairwise.register(pair, args.out, cfg, command=command, progress=progress)
+        summary = pairwise.register(pair, args.out, cfg, command=command, progress=progress,
+                                    initial=initial)
     print(f"nephi-infer: wrote {args.out}: {summary_line(summary, full=True)}")
     return 0
 

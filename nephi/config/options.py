@@ -21,7 +21,8 @@ MODE_OPTIONS = {"io_steps": ("--io-steps", "steps"), "points": ("--points", "poi
 
 RUN_OPTIONS = {"seed": ("--seed", "seed"), "device": ("--device", "device"),
                "qc": ("--qc", "output.qc"), "output_format": ("--output-format", "output.format"),
-               "log_jacobian": ("--log-jacobian", "output.log_jacobian")}
+               "log_jacobian": ("--log-jacobian", "output.log_jacobian"),
+               "align": ("--align", "align.mode"), "align_only": ("--align-only", "align.only")}
 """argparse attribute -> (flag, dotted key), the same for every mode."""
 
 

@@ -25,7 +25,7 @@ from nephi.transforms.jacobian import NEPHI_METHODS
 
 
 __all__ = ["MODES", "REGULARIZER_SPACES", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "SCHEDULES",
-           "VAL_METRICS", "DATA_BUILDS", "MIXED_PRECISION", "OUTPUT_FORMATS", "require_positive", "require_finite",
+           "VAL_METRICS", "DATA_BUILDS", "MIXED_PRECISION", "OUTPUT_FORMATS", "ALIGN_MODES", "ALIGN_INITS", "require_positive", "require_finite",
            "validate_io", "validate_pairwise", "validate_training"]
 
 MODES = ("nephi", "inr", "velocity")
@@ -37,6 +37,8 @@ VAL_METRICS = ("landmark_error", "dice", "loss")
 DATA_BUILDS = ("none", "synthetic-lung", "triangles-circles")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
+ALIGN_MODES = ("none", "rigid", "affine")
+ALIGN_INITS = ("com", "geometry", "none")
 
 
 def _fail(key: str, why: str):
@@ -149,6 +151,28 @@ def validate_io(cfg: dict) -> None:
                                        "has no double backward")
 
 
+def validate_align(cfg: dict, option_names: dict | None = None) -> None:
+    """Check the ``align`` section (global alignment)."""
+    names = option_names or {}
+    a = cfg["align"]
+    _one_of("align.mode", a["mode"], ALIGN_MODES, names.get("align.mode"))
+    _one_of("align.init", a["init"], ALIGN_INITS)
+    for key in ("sigmas", "steps"):
+        if not isinstance(a[key], list) or not a[key]:
+            _fail(f"align.{key}", f"must be a non-empty list, got {a[key]!r}")
+    if len(a["sigmas"]) != len(a["steps"]):
+        _fail("align.steps", f"needs one entry per pyramid level of align.sigmas "
+                             f"({len(a['sigmas'])}), got {len(a['steps'])}")
+    for k, sigma in enumerate(a["sigmas"]):
+        _check_positive(f"align.sigmas[{k}]", sigma, zero=True)
+    for k, steps in enumerate(a["steps"]):
+        _check_positive(f"align.steps[{k}]", steps, integer=True, zero=True)
+    _check_positive("align.points", a["points"], integer=True)
+    _check_positive("align.window", a["window"], integer=True)
+    _check_positive("align.lr", a["lr"])
+    _check_positive("align.tolerance", a["tolerance"], zero=True)
+
+
 def validate_pairwise(cfg: dict, option_names: dict | None = None, min_steps: int = 0) -> None:
     """Check a resolved pairwise config; NephiInputError names the option or key.
 
@@ -163,11 +187,14 @@ def validate_pairwise(cfg: dict, option_names: dict | None = None, min_steps: in
     require_finite(cfg, names)
     steps_key = f"{mode_section(mode)}.steps"
     steps = get(cfg, steps_key)
+    if cfg["align"]["only"] is True:
+        min_steps = 0  # a pure linear registration: no instance optimization
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < min_steps:
         why = (" (0 steps would skip optimization and return the identity map)"
                if steps == 0 and min_steps == 1 else "")
         raise NephiInputError(f"{names.get(steps_key, f'config key {steps_key}')}: must be an "
                               f"integer >= {min_steps}, got {steps!r}{why}")
+    validate_align(cfg, names)
     section = mode_section(mode)
     require_positive(cfg, [f"{section}.points", f"{section}.reg_points"], names)
     require_positive(cfg, [f"{section}.lr"], names, allow_null=mode == "nephi")

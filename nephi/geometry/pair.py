@@ -19,15 +19,22 @@ class PairTensors:
 
     A = moving, B = fixed. All images of a batch share the fixed grid and the moving grid.
     ``fixed_mask`` (B, *S_f) bool, optional: similarity points are drawn inside it.
+    ``pre_affine`` ((d+1, d+1), RAS mm, fixed -> moving), optional: a global alignment applied
+    after the maps, so a map phi is optimized for I_A(pre_affine(phi(x))) (an identity phi
+    then means the aligned start).
     """
 
     def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, fixed_grid: Grid,
-                 moving_grid: Grid, fixed_mask: torch.Tensor | None = None):
+                 moving_grid: Grid, fixed_mask: torch.Tensor | None = None,
+                 pre_affine: np.ndarray | None = None):
         self.fixed = fixed
         self.moving = moving
         self.fixed_grid = fixed_grid
         self.moving_grid = moving_grid
         self.frame_to_moving = fixed_grid.frame_to(moving_grid)
+        if pre_affine is not None:
+            self.frame_to_moving = (moving_grid.ras_to_normalized @ pre_affine
+                                    @ fixed_grid.normalized_to_ras)
         self.moving_to_frame = np.linalg.inv(self.frame_to_moving)
         self.fixed_mask = fixed_mask
         self._mask_index = None

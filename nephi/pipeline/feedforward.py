@@ -78,6 +78,7 @@ def base_config(model: LoadedModel) -> dict:
     cfg["latent"]["sigma"] = tc["latent"]["sigma"]
     cfg["intensity"] = dict(model.prep.intensity)
     cfg["optim"]["steps"] = 0
+    cfg["align"]["mode"] = "none"  # the network was trained on pairs as they come
     return cfg
 
 
@@ -90,6 +91,9 @@ def predict(model: LoadedModel, pair: LoadedPair, cfg: dict, io_params: str = "l
     """
     if io_params not in ("latent", "all"):
         raise NephiInputError(f"--io-params: {io_params!r} is not one of latent, all")
+    if cfg["align"]["mode"] != "none" or cfg["align"]["only"]:
+        raise NephiInputError("--align / --align-only: global alignment in front of a trained "
+                              "network is not available yet; use --align none with --checkpoint")
     if model.prep.apply_mask and (pair.mask is None or moving_mask is None):
         raise NephiInputError(f"checkpoint {model.path}: the network was trained on masked "
                               "images; give the fixed and the moving mask (--mask and "

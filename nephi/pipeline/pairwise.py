@@ -22,36 +22,61 @@ import torch
 from nephi import __version__
 from nephi.config.validate import validate_pairwise
 from nephi.data.preprocess import resample
+from nephi.geometry.grid import apply_affine_torch
 from nephi.geometry.pair import PairTensors
 from nephi.io.atomic import check_output_dir
 from nephi.io.intensity import normalize
 from nephi.io.itk_images import output_suffix
 from nephi.objectives.similarity import ncc
+from nephi.optim.align import align
 from nephi.optim.engine import IOResult, instance_optimize
 from nephi.pipeline.batch import run_pairs
 from nephi.pipeline.inputs import LoadedPair, select_device
 from nephi.results.metrics import folding_percent, landmark_errors
 from nephi.results.result import Result
-from nephi.transforms.base import Conjugated
-from nephi.transforms.dense import DenseFields, dense_fields
+from nephi.transforms.affine import Affine
+from nephi.transforms.base import Composition, Conjugated
+from nephi.transforms.dense import DenseFields, dense_fields, evaluate_chunked
 from nephi.transforms.displacement import Field
 
 
-__all__ = ["pair_tensors", "register_pair", "register", "register_pairs", "save_result"]
+__all__ = ["pair_tensors", "global_alignment", "register_pair", "register", "register_pairs", "save_result"]
 
 
-def pair_tensors(pair: LoadedPair, cfg: dict, device) -> PairTensors:
-    """Normalized intensities of both images as (1, 1, *S) tensors on ``device``."""
+def _normalized(img, cfg: dict) -> np.ndarray:
     icfg = cfg["intensity"]
+    return normalize(img.data, icfg["method"], icfg["low"], icfg["high"], icfg["window"])
+
+
+def pair_tensors(pair: LoadedPair, cfg: dict, device,
+                 pre_affine: Affine | None = None) -> PairTensors:
+    """Normalized intensities of both images as (1, 1, *S) tensors on ``device``; with
+    ``pre_affine`` the moving image is seen through that global alignment."""
 
     def prep(img):
-        arr = normalize(img.data, icfg["method"], icfg["low"], icfg["high"], icfg["window"])
-        return torch.as_tensor(arr, device=device).reshape(1, 1, *img.grid.shape)
+        return torch.as_tensor(_normalized(img, cfg), device=device).reshape(1, 1, *img.grid.shape)
 
     mask = None
     if pair.mask is not None:
         mask = torch.as_tensor(pair.mask, device=device).unsqueeze(0)
-    return PairTensors(prep(pair.fixed), prep(pair.moving), pair.fixed.grid, pair.moving.grid, mask)
+    return PairTensors(prep(pair.fixed), prep(pair.moving), pair.fixed.grid, pair.moving.grid, mask,
+                       pre_affine=None if pre_affine is None else pre_affine.matrix)
+
+
+def global_alignment(pair: LoadedPair, cfg: dict, initial: Affine | None = None,
+                     progress: bool = True) -> tuple:
+    """The ``align`` stage (:func:`nephi.optim.align.align`) on the pair's normalized images,
+    starting from ``initial`` (e.g. ``--initial-transform``) -> (Affine or None, info or None);
+    None when there is neither an alignment to run nor a transform given."""
+    if cfg["align"]["mode"] == "none" and initial is None:
+        return None, None
+    return align(_normalized(pair.fixed, cfg), pair.fixed.grid, _normalized(pair.moving, cfg),
+                 pair.moving.grid, cfg["align"], fixed_mask=pair.mask, start=initial,
+                 seed=int(cfg["seed"]), progress=progress)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _ncc_in(a: np.ndarray, b: np.ndarray, region: np.ndarray | None) -> float:
@@ -65,6 +90,14 @@ def _peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _tabulated(phi, grid, device, chunk: int) -> Field:
+    """phi (frame -> frame of ``grid``) as a displacement field in RAS mm on ``grid``."""
+    x = grid.normalized_points(device=device).reshape(-1, grid.ndim)
+    to_ras = grid.normalized_to_ras
+    disp = apply_affine_torch(to_ras, evaluate_chunked(phi, x, chunk)) - apply_affine_torch(to_ras, x)
+    return Field(disp.reshape(*grid.shape, grid.ndim).cpu().numpy().astype(np.float64), grid)
 
 
 def _summary(pair: LoadedPair, dense: DenseFields, io: IOResult, device) -> dict:
@@ -103,7 +136,7 @@ def _summary(pair: LoadedPair, dense: DenseFields, io: IOResult, device) -> dict
 
 def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tuple | None = None,
                   io_params: str = "all", network_view: tuple | None = None,
-                  extra_summary: dict | None = None) -> Result:
+                  extra_summary: dict | None = None, initial: Affine | None = None) -> Result:
     """Register ``pair`` with the IO mode ``cfg['io']['mode']`` -> an in-memory Result.
 
     ``cfg``: a resolved pairwise config (validated here). ``init``: optional (fields, latent) to
@@ -112,27 +145,46 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
     frame_to_net): the pair as a trained network sees it (:class:`PairTensors` on the network's
     grid) and the homogeneous matrix from the fixed image's frame to that grid's frame; IO then
     runs there and the result still lives on the original fixed and moving grids.
-    ``extra_summary`` is merged into the summary.
+    ``extra_summary`` is merged into the summary. ``initial``: a global transform to start the
+    alignment from (pairwise runs, without ``init``: a given start map is the whole map). With an alignment the maps are phi_AB = A o phi and
+    phi_BA = phi^-1 o A^-1 (A the affine, phi what IO optimized on the aligned pair); the moving
+    image is sampled once, through the whole map.
     """
     validate_pairwise(cfg)
     t0 = time.perf_counter()
     device = select_device(cfg["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    affine, align_info = None, None
     if network_view is None:
-        tensors, frame_to_net = pair_tensors(pair, cfg, device), None
+        if init is None:  # a given start map (init) is the whole map: no alignment before it
+            affine, align_info = global_alignment(pair, cfg, initial, progress)
+        tensors, frame_to_net = pair_tensors(pair, cfg, device, affine), None
     else:
         tensors, frame_to_net = network_view
-    io = instance_optimize(tensors, cfg, init=init, io_params=io_params, progress=progress)
+    if cfg["align"]["only"]:
+        io = IOResult(mode="none", phi_ab=_identity, phi_ba=_identity,
+                      info={"inverse": "the inverse of the affine (alignment only)"})
+    else:
+        io = instance_optimize(tensors, cfg, init=init, io_params=io_params, progress=progress)
     phi_ab, phi_ba = io.phi_ab, io.phi_ba
     if frame_to_net is not None:
         phi_ab, phi_ba = Conjugated(phi_ab, frame_to_net), Conjugated(phi_ba, frame_to_net)
+    deformable = None
+    if affine is not None:
+        chunk = int(cfg["output"]["chunk"])
+        deformable = (_tabulated(phi_ab, pair.fixed.grid, device, chunk),
+                      _tabulated(phi_ba, pair.fixed.grid, device, chunk))
+        phi_ab = Composition(affine.in_frame(pair.fixed.grid), phi_ab)
+        phi_ba = Composition(phi_ba, affine.inverse().in_frame(pair.fixed.grid))
 
     t_dense = time.perf_counter()
     dense = dense_fields(phi_ab, phi_ba, pair.moving.data, pair.fixed.grid, pair.moving.grid,
                          device, int(cfg["output"]["chunk"]))
     summary = _summary(pair, dense, io, device)
     summary["dense_seconds"] = time.perf_counter() - t_dense
+    if affine is not None:
+        summary["align"] = {**align_info, **affine.parts()}
     mapped = None
     if pair.landmarks is not None:
         forward = Field(dense.forward_disp_ras, pair.fixed.grid)
@@ -150,7 +202,8 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
     return Result(forward=Field(dense.forward_disp_ras, pair.fixed.grid),
                   inverse=Field(dense.backward_disp_ras, pair.moving.grid),
                   jacobian=dense.jacobian, warped=dense.warped, summary=summary,
-                  landmarks_moving=mapped, fixed=pair.fixed, moving=pair.moving, mask=pair.mask)
+                  landmarks_moving=mapped, fixed=pair.fixed, moving=pair.moving, mask=pair.mask,
+                  affine=affine, deformable=deformable)
 
 
 def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = None,

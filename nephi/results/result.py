@@ -29,11 +29,14 @@ from nephi.io.atomic import AtomicDir
 from nephi.io.fields import read_field, save_scalar, write_displacement_field
 from nephi.io.images import Image, as_image, load_image, save_image
 from nephi.io.itk import write_displacement_h5
-from nephi.io.layout import (FORWARD, FORWARD_H5, IMAGE_SUFFIXES, INVERSE, INVERSE_H5, JACOBIAN,
+from nephi.io.itk_affine import write_affine, write_composite
+from nephi.io.layout import (AFFINE, COMPOSITE, FORWARD, FORWARD_H5, IMAGE_SUFFIXES, INVERSE,
+                             INVERSE_AFFINE, INVERSE_COMPOSITE, INVERSE_H5, JACOBIAN,
                              LANDMARKS_MOVING, LOG_JACOBIAN, QC_FILE, SUMMARY, WARPED, image_file)
 from nephi.io.points import save_points
 from nephi.results.jacobian import log_jacobian as log_of_jacobian
 from nephi.results.warp import warp_image
+from nephi.transforms.affine import Affine
 from nephi.transforms.displacement import Field
 
 
@@ -56,8 +59,10 @@ class Result:
                  summary: dict | None = None, landmarks_moving: np.ndarray | None = None,
                  fixed: Image | None = None, moving: Image | None = None,
                  mask: np.ndarray | None = None, path: str | None = None,
-                 what: str = "result folder"):
+                 what: str = "result folder", affine: Affine | None = None,
+                 deformable: tuple | None = None):
         self.path, self.what = path, what
+        self.affine, self.deformable = affine, deformable
         self.fixed, self.moving, self.mask = fixed, moving, mask
         self.landmarks_moving = landmarks_moving
         self._cache = {FORWARD: forward, INVERSE: inverse, JACOBIAN: jacobian, WARPED: warped,
@@ -102,6 +107,14 @@ class Result:
                 if log_jacobian:
                     save_scalar(os.path.join(tmp, image_file(LOG_JACOBIAN, image_suffix)),
                                 log_of_jacobian(self.scalar(JACOBIAN)), forward.grid)
+            if self.affine is not None:
+                write_affine(os.path.join(tmp, AFFINE), self.affine)
+                write_affine(os.path.join(tmp, INVERSE_AFFINE), self.affine.inverse())
+                forward_def, inverse_def = self.deformable
+                write_composite(os.path.join(tmp, COMPOSITE), self.affine, forward_def.disp,
+                                forward_def.grid, field_first=True)
+                write_composite(os.path.join(tmp, INVERSE_COMPOSITE), self.affine.inverse(),
+                                inverse_def.disp, inverse_def.grid, field_first=False)
             if self.landmarks_moving is not None:
                 save_points(os.path.join(tmp, LANDMARKS_MOVING), self.landmarks_moving)
             if qc:

@@ -188,7 +188,7 @@ def test_option_errors_are_one_line(ddp_run, tc_data, tmp_path, capsys):
     bad.write_bytes(b"not a checkpoint")
     out = str(tmp_path / "out")
     cases = [
-        (["--pairs", "pairs.csv", "--out", out], "--pairs: needs --checkpoint"),
+        (["--pairs", "pairs.csv", "--out", out], "pairs CSV pairs.csv: file not found"),
         (["--pair", *pair, "--pairs", "p.csv", "--checkpoint", ckpt, "--out", out], "one of"),
         (["--checkpoint", str(bad), "--pair", *pair, "--out", out], "not a readable checkpoint"),
         (["--pair", *pair, "--out", out, "--io-params", "all"], "--io-params: needs --checkpoint"),
