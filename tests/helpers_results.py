@@ -105,7 +105,7 @@ def truth_result() -> dict:
     summary = {"moving": paths["exhale"], "fixed": paths["inhale"],
                "mask": paths["inhale_mask"], "landmarks": paths["inhale_points"],
                "moving_landmarks": paths["exhale_points"]}
-    with open(os.path.join(out, "summary.json"), "w") as fh:
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as fh:
         json.dump(summary, fh)
     return {"root": root, "paths": paths, "out": out, "lung": lung, "fixed_grid": fixed.grid,
             "moving_grid": moving.grid}

@@ -219,7 +219,7 @@ def load_table(path) -> dict:
     path = Path(path)
     required = ("case", "nx", "ny", "nz", "sx", "sy", "sz")
     table = {}
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         fields = [f.strip().lower() for f in (reader.fieldnames or [])]
         missing = [c for c in required if c not in fields]
@@ -287,7 +287,7 @@ def read_dirlab_points(path) -> np.ndarray:
     """
     path = Path(path)
     rows = []
-    with open(path) as handle:
+    with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             fields = line.split()
             if not fields:
@@ -402,7 +402,7 @@ def _write_nifti(volume: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def _write_points(points_mm: np.ndarray, path: Path) -> None:
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["x", "y", "z"])
         for x, y, z in points_mm:
@@ -529,7 +529,7 @@ def convert_dirlab(root, out_dir, cases=None, table=None, hu_offset=None) -> lis
 
 
 def _write_pairs(results, out_dir: Path) -> None:
-    with open(out_dir / "pairs.csv", "w", newline="") as handle:
+    with open(out_dir / "pairs.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["moving", "fixed", "moving_points", "fixed_points"])
         for r in results:
@@ -539,7 +539,7 @@ def _write_pairs(results, out_dir: Path) -> None:
 
 
 def _write_initial_errors(results, out_dir: Path) -> None:
-    with open(out_dir / "initial_errors.csv", "w", newline="") as handle:
+    with open(out_dir / "initial_errors.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", "set", "n_points", "mean_mm", "std_mm", "published_mean_mm",
                          "difference_mm"])

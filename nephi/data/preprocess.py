@@ -213,7 +213,7 @@ def read_pairs_csv(path: str) -> list:
     optional = ("moving_mask", "fixed_mask", "moving_points", "fixed_points", "moving_label",
                 "fixed_label")
     rows = []
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
         if "moving" not in cols or "fixed" not in cols:

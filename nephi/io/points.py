@@ -136,7 +136,7 @@ def save_points(path: str, points: np.ndarray) -> None:
                                   f"{points.shape[1]}-D (write 2-D points as .csv)")
         (_write_fcsv if fmt == FCSV else _write_markups_json)(path, ras_to_lps(points))
         return
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(_AXES[: points.shape[1]])
         for p in points:
@@ -148,7 +148,7 @@ def save_ants_points(path: str, points: np.ndarray) -> None:
     header ``x,y,z,t,label,comment``, LPS mm, ``t = 0``, label 1, 2, ..., comment 0 (all
     numeric, as ITK's CSV reader wants); 2-D points get ``z = 0``."""
     lps = ras_to_lps(_as_points(points))
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh, lineterminator="\n")  # ITK's CSV reader splits lines at \n
         writer.writerow(["x", "y", "z", "t", "label", "comment"])
         for i, p in enumerate(lps, start=1):
@@ -211,7 +211,7 @@ def _read_fcsv(path: str, label: str) -> tuple[list, str]:
 
 
 def _write_fcsv(path: str, points_lps: np.ndarray) -> None:
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         fh.write("# Markups fiducial file version = 4.11\n"
                  "# CoordinateSystem = LPS\n"
                  f"# columns = {','.join(_FCSV_COLUMNS)}\n")

@@ -216,7 +216,7 @@ def param_hash(module: torch.nn.Module) -> str:
 
 # ----------------------------------------------------------------------------- the run
 def _dump(path: str, text: str) -> None:
-    with open(path, "w") as fh:
+    with open(path, "w", encoding="utf-8") as fh:
         fh.write(text)
 
 

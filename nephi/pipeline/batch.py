@@ -55,7 +55,7 @@ def run_pairs(pairs_csv: str, out_dir: str,
         summary_path = os.path.join(folder, SUMMARY)
         if os.path.isfile(summary_path):
             counts["skipped"] += 1
-            with open(summary_path) as fh:
+            with open(summary_path, encoding="utf-8") as fh:
                 records.append(_record(name, "skipped (already done)", json.load(fh)))
             log(f"nephi-infer: [{k}/{len(rows)}] {name}: already done, skipped")
             continue
@@ -73,7 +73,7 @@ def run_pairs(pairs_csv: str, out_dir: str,
         log(f"nephi-infer: [{k}/{len(rows)}] {name}: {summary_line(summary)}")
 
     def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as fh:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(records)

@@ -124,7 +124,7 @@ class Result:
                                self.input_image("moving"), self.scalar(WARPED), forward.disp,
                                self.scalar(JACOBIAN), self.mask, summary,
                                os.path.basename(os.path.normpath(folder)))
-            with open(os.path.join(tmp, SUMMARY), "w") as fh:
+            with open(os.path.join(tmp, SUMMARY), "w", encoding="utf-8") as fh:
                 json.dump(summary, fh, indent=2)
         self.path = folder
         return folder
@@ -153,7 +153,7 @@ class Result:
                 return {}
             path = self.file(SUMMARY)
             try:
-                with open(path) as fh:
+                with open(path, encoding="utf-8") as fh:
                     value = json.load(fh)
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise NephiInputError(f"{path}: not a readable summary ({exc})") from None

@@ -75,7 +75,7 @@ def run(root, paths, name, *extra) -> dict:
     assert main(["--pair", paths["moved"], paths["inhale"], "--mask", paths["inhale_mask"],
                  "--landmarks", paths["inhale_points"], "--moving-landmarks",
                  paths["moved_points"], "--out", str(out), *FAST, *extra]) == 0
-    return json.loads((out / "summary.json").read_text())
+    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
 
 def test_alignment_then_deformable_reaches_the_unmoved_error(lung, capsys):
@@ -85,7 +85,7 @@ def test_alignment_then_deformable_reaches_the_unmoved_error(lung, capsys):
                   "--landmarks", paths["inhale_points"], "--moving-landmarks",
                   paths["exhale_points"], "--out", str(root / "plain"), "--align", "none", *FAST])
     assert plain == 0
-    unmoved = json.loads((root / "plain" / "summary.json").read_text())
+    unmoved = json.loads((root / "plain" / "summary.json").read_text(encoding="utf-8"))
     none = run(root, paths, "unaligned", "--align", "none")
     after = moved["landmark_error_after_mm"]["mean_mm"]
     assert moved["landmark_error_before_mm"]["mean_mm"] > 15.0
@@ -132,7 +132,7 @@ def test_itk_and_ants_apply_the_composite_as_nephi(lung, capsys):
     affine = sitk.ReadTransform(str(out / "affine.mat"))
     p = pair.inhale_points[:5]
     mapped = np.array([affine.TransformPoint(tuple(q)) for q in ras_to_lps(p)])
-    expected = np.asarray(json.loads((out / "summary.json").read_text())["align"]["matrix"])
+    expected = np.asarray(json.loads((out / "summary.json").read_text(encoding="utf-8"))["align"]["matrix"])
     np.testing.assert_allclose(ras_to_lps(mapped), p @ expected[:3, :3].T + expected[:3, 3],
                                atol=1e-6)
     capsys.readouterr()
@@ -155,7 +155,7 @@ def test_initial_transform_from_ants(lung, capsys):
     assert np.abs(ras_to_lps(by_ants) - mapped).max() < 1e-3
     # refined by IO from the ANTs start, and nephi's own stage: ours is no worse
     from_ants = run(root, paths, "from_ants", "--align", "none", "--initial-transform", ants_affine)
-    own = json.loads((root / "aligned" / "summary.json").read_text()) if (
+    own = json.loads((root / "aligned" / "summary.json").read_text(encoding="utf-8")) if (
         root / "aligned").exists() else run(root, paths, "aligned")
     assert (own["landmark_error_after_mm"]["mean_mm"]
             <= 1.05 * from_ants["landmark_error_after_mm"]["mean_mm"])

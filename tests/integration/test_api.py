@@ -16,7 +16,7 @@ README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
 def readme_example() -> str:
     """The first python code block after the '## Python API' heading of the README."""
-    text = README.read_text()
+    text = README.read_text(encoding="utf-8")
     section = text[text.index("## Python API"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 

@@ -270,7 +270,7 @@ def test_out_is_an_existing_file(case, capsys):
     Path(case.out).write_text("keep me")
     rc, err = run_inprocess(case.argv(), capsys)
     assert rc == 2
-    assert Path(case.out).read_text() == "keep me"
+    assert Path(case.out).read_text(encoding="utf-8") == "keep me"
     lines = err.splitlines()
     assert len(lines) == 1 and "--out" in lines[0] and "Traceback" not in err
     assert not [n for n in os.listdir(case.root) if ".partial" in n]

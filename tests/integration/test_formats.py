@@ -180,7 +180,7 @@ def test_pairs_without_checkpoint_are_resumable(pair, capsys, tmp_path, monkeypa
     monkeypatch.setattr(pairwise, "register", lambda *a, **k: (calls.append(a[1]), real(*a, **k))[1])
     assert main(["--pairs", csv_path, "--out", str(out), *FAST]) == 0
     assert [os.path.basename(c) for c in calls] == ["p1", "p2"]
-    table = (out / "summary.csv").read_text().splitlines()
+    table = (out / "summary.csv").read_text(encoding="utf-8").splitlines()
     assert len(table) == 4 and table[0].startswith("name,status,ncc_before")
     assert "skipped" in table[1] and table[2].split(",")[1] == "done"
     capsys.readouterr()
@@ -192,13 +192,13 @@ def test_log_of_a_run_is_short(pair, tmp_path):
     argv = ["--pair", paths["moving.nii.gz"], paths["fixed.nii.gz"], "--out",
             str(tmp_path / "r"), *[a for a in FAST if a != "--no-progress"]]
     argv[argv.index("--io-steps") + 1] = "40"
-    with open(log, "w") as fh:
+    with open(log, "w", encoding="utf-8") as fh:
         proc = subprocess.run([sys.executable, "-m", "nephi.cli.infer", *argv], cwd=REPO,
                               stdout=fh, stderr=subprocess.STDOUT, timeout=300)
-    lines = log.read_text().splitlines()
+    lines = log.read_text(encoding="utf-8").splitlines()
     assert proc.returncode == 0, lines[-5:]
     assert 2 <= len(lines) <= 12, lines
-    assert "\r" not in log.read_text()
+    assert "\r" not in log.read_text(encoding="utf-8")
     assert any("IO nephi: 40/40 steps" in line for line in lines)
 
 

@@ -140,7 +140,7 @@ def case(request, tmp_path_factory):
         "inverse_transform.h5", "landmarks_moving.csv", "summary.json")}
     for name, path in files.items():
         assert os.path.isfile(path), f"register() did not write {name}"
-    with open(files["summary.json"]) as fh:
+    with open(files["summary.json"], encoding="utf-8") as fh:
         assert json.load(fh)["inverse_consistency_mm_p95"] == summary["inverse_consistency_mm_p95"]
 
     disp, grid = read_displacement_field(files["warp.nii.gz"])

@@ -81,7 +81,7 @@ def test_cli_lowers_landmark_error_on_synthetic_lung(tmp_path):
            "--config", str(cfg), "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     before = summary["landmark_error_before_mm"]["mean_mm"]
     after = summary["landmark_error_after_mm"]["mean_mm"]
     assert before > 8.0

@@ -52,7 +52,7 @@ def _launch(args: list, cwd) -> subprocess.CompletedProcess:
 
 
 def _replicas(run_dir: Path) -> list:
-    return [json.loads(p.read_text()) for p in sorted(run_dir.glob("replica_rank*.json"))]
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(run_dir.glob("replica_rank*.json"))]
 
 
 # ----------------------------------------------------------------------------- training runs
@@ -140,7 +140,7 @@ def test_infer_checkpoint_single_pair(ddp_run, tc_data, tmp_path):
     names = {p.name for p in out.iterdir()}
     assert {"warped.nii.gz", "warp.nii.gz", "inverse_warp.nii.gz", "jacobian.nii.gz",
             "summary.json"} <= names
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["io_steps"] == 0 and summary["mode"] == "feedforward"
     assert summary["feedforward_seconds"] > 0 and summary["checkpoint_step"] == 6
     assert summary["network_grid"]["shape"] == [32, 32]
@@ -151,7 +151,7 @@ def test_infer_checkpoint_single_pair(ddp_run, tc_data, tmp_path):
     assert infer_main(["--checkpoint", ckpt, "--pair", *pair, "--out", str(out_io),
                        "--io-steps", "2", "--io-params", "all", "--points", "64",
                        "--reg-points", "16", "--no-progress", "--device", "cpu"]) == 0
-    summary = json.loads((out_io / "summary.json").read_text())
+    summary = json.loads((out_io / "summary.json").read_text(encoding="utf-8"))
     assert summary["io_steps"] == 2 and summary["io_params"] == "all"
     assert param_hash(load_model(ckpt).net) == before
 
@@ -174,7 +174,7 @@ def test_infer_pairs_csv(ddp_run, tc_data, tmp_path, capsys):
     capsys.readouterr()
     assert infer_main(argv) == 0
     assert "2 skipped" in capsys.readouterr().out
-    assert (out / "summary.csv").read_text().count("skipped") == 2
+    assert (out / "summary.csv").read_text(encoding="utf-8").count("skipped") == 2
 
 
 def test_option_errors_are_one_line(ddp_run, tc_data, tmp_path, capsys):

@@ -24,7 +24,7 @@ def layer_of(module: str) -> int:
 
 def imports(path: pathlib.Path) -> list:
     """Absolute names of every module imported by ``path`` (also inside functions)."""
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):

@@ -33,7 +33,7 @@ def write_points(path: Path, points, sep="\t") -> None:
 
 
 def write_table(path: Path, rows) -> Path:
-    with open(path, "w", newline="") as handle:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case", "nx", "ny", "nz", "sx", "sy", "sz"])
         for case, shape, spacing in rows:
@@ -89,7 +89,7 @@ def fake_root(tmp_path):
 
 
 def read_csv_points(path):
-    with open(path, newline="") as handle:
+    with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["x", "y", "z"]
     return np.array([[float(v) for v in r] for r in rows[1:]])
@@ -203,7 +203,7 @@ def test_pairs_and_initial_errors_csv(fake_root, tmp_path):
     root, table, _ = fake_root
     out = tmp_path / "out"
     results = dirlab.convert_dirlab(root, out, table=table)
-    with open(out / "pairs.csv", newline="") as handle:
+    with open(out / "pairs.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0].keys()) == ["moving", "fixed", "moving_points", "fixed_points"]
     assert rows[1] == {"moving": "copd1/copd1_exhale.nii.gz", "fixed": "copd1/copd1_inhale.nii.gz",
@@ -212,7 +212,7 @@ def test_pairs_and_initial_errors_csv(fake_root, tmp_path):
     for row in rows:
         for value in row.values():
             assert not Path(value).is_absolute() and (out / value).is_file()
-    with open(out / "initial_errors.csv", newline="") as handle:
+    with open(out / "initial_errors.csv", newline="", encoding="utf-8") as handle:
         errors = list(csv.DictReader(handle))
     assert [e["case"] for e in errors] == ["case3", "copd1"]
     assert float(errors[1]["published_mean_mm"]) == 26.34

@@ -236,7 +236,7 @@ def test_save_and_cli(tmp_path, default_pair):
     np.testing.assert_allclose(img.affine, default_pair.exhale.affine)
     assert img.get_data_dtype() == np.float32
     assert nib.load(paths["inhale_mask"]).get_data_dtype() == np.uint8
-    lines = Path(paths["inhale_points"]).read_text().splitlines()
+    lines = Path(paths["inhale_points"]).read_text(encoding="utf-8").splitlines()
     assert lines[0] == "x,y,z"
     assert len(lines) == 301
     assert all(len(v.split(".")[1]) == 4 for v in lines[1].split(","))
@@ -251,4 +251,4 @@ def test_save_and_cli(tmp_path, default_pair):
     assert len(result.stdout.strip().splitlines()) == 1
     assert "mean displacement" in result.stdout
     assert nib.load(out / "inhale.nii.gz").shape == (24, 24, 24)
-    assert len((out / "exhale_points.csv").read_text().splitlines()) == 301
+    assert len((out / "exhale_points.csv").read_text(encoding="utf-8").splitlines()) == 301

@@ -115,7 +115,7 @@ def test_save_ants_points_round_trip_2d_and_3d(tmp_path):
     assert read_point_file(str(path), 3)[1] == ANTS_CSV
     np.testing.assert_allclose(load_points(str(path), 3), RAS, rtol=0, atol=1e-6)
     save_ants_points(str(path), RAS[:, :2])
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
     assert rows[0] == ["x", "y", "z", "t", "label", "comment"]
     assert [float(v) for v in rows[1][2:4]] == [0.0, 0.0]  # z = 0, t = 0
@@ -125,14 +125,14 @@ def test_save_ants_points_round_trip_2d_and_3d(tmp_path):
 def test_2d_nephi_csv_round_trip(tmp_path):
     path = tmp_path / "points2d.csv"
     save_points(str(path), RAS[:, :2])
-    assert path.read_text().splitlines()[0] == "x,y"
+    assert path.read_text(encoding="utf-8").splitlines()[0] == "x,y"
     np.testing.assert_allclose(load_points(str(path), 2), RAS[:, :2], rtol=0, atol=1e-6)
 
 
 def test_written_files_are_in_the_peers_convention(tmp_path):
     """What nephi writes: the fcsv and JSON in LPS saying so, the ANTs CSV in LPS with t = 0."""
     save_points(str(tmp_path / "p.fcsv"), RAS)
-    lines = (tmp_path / "p.fcsv").read_text().splitlines()
+    lines = (tmp_path / "p.fcsv").read_text(encoding="utf-8").splitlines()
     assert "# CoordinateSystem = LPS" in lines
     assert f"# columns = {FCSV_COLUMNS}" in lines
     rows = [next(csv.reader([line])) for line in lines if not line.startswith("#")]
@@ -140,7 +140,7 @@ def test_written_files_are_in_the_peers_convention(tmp_path):
     assert [r[11] for r in rows] == ["F-1", "F-2", "F-3"]
 
     save_points(str(tmp_path / "p.mrk.json"), RAS)
-    doc = json.loads((tmp_path / "p.mrk.json").read_text())
+    doc = json.loads((tmp_path / "p.mrk.json").read_text(encoding="utf-8"))
     assert "markups-schema-v1.0" in doc["@schema"]
     (markup,) = doc["markups"]
     assert markup["type"] == "Fiducial" and markup["coordinateSystem"] == "LPS"
@@ -148,7 +148,7 @@ def test_written_files_are_in_the_peers_convention(tmp_path):
     np.testing.assert_allclose([p["position"] for p in markup["controlPoints"]], LPS, atol=1e-9)
 
     save_ants_points(str(tmp_path / "ants.csv"), RAS)
-    with open(tmp_path / "ants.csv", newline="") as fh:
+    with open(tmp_path / "ants.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     np.testing.assert_allclose([[float(r[n]) for n in "xyz"] for r in rows], LPS, atol=1e-9)
     assert all(float(r["t"]) == 0.0 for r in rows)
@@ -246,10 +246,10 @@ def test_lps_written_is_itk_physical_space(tmp_path):
                              for i in index])
     for writer, name in ((save_ants_points, "ants.csv"), (save_points, "slicer.fcsv")):
         writer(str(tmp_path / name), ras)
-    with open(tmp_path / "ants.csv", newline="") as fh:
+    with open(tmp_path / "ants.csv", newline="", encoding="utf-8") as fh:
         written = np.array([[float(r[n]) for n in "xyz"] for r in csv.DictReader(fh)])
     np.testing.assert_allclose(written, itk_physical, atol=1e-4)
-    fcsv_rows = [line.split(",") for line in (tmp_path / "slicer.fcsv").read_text().splitlines()
+    fcsv_rows = [line.split(",") for line in (tmp_path / "slicer.fcsv").read_text(encoding="utf-8").splitlines()
                  if not line.startswith("#")]
     np.testing.assert_allclose([[float(v) for v in r[1:4]] for r in fcsv_rows], itk_physical,
                                atol=1e-4)

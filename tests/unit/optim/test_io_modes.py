@@ -269,7 +269,7 @@ def test_each_mode_recovers_the_translation(summaries, mode):
     assert np.linalg.norm(disp - expected) < 0.25 * SPACING, (disp, expected)
     assert summary["ncc_after"] > summary["ncc_before"] + 0.1
     assert summary["folding_percent"] == 0.0
-    with open(folder / "summary.json") as fh:
+    with open(folder / "summary.json", encoding="utf-8") as fh:
         assert json.load(fh)["config"]["io"]["mode"] == mode
 
 

@@ -27,7 +27,7 @@ def run_eval(args, capsys):
 
 
 def read_rows(path) -> list:
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -50,7 +50,7 @@ def test_eval_reports_the_landmark_error_of_summary_json(lung, tmp_path, capsys)
     assert row["landmark_convention"] == "continuous"
     assert abs(float(row["folding_percent"]) - summary["folding_percent"]) < 1e-9
     assert f"{after['mean_mm']:.2f}" in out and "| result |" in out
-    assert (tmp_path / "report.md").read_text().startswith("| result |")
+    assert (tmp_path / "report.md").read_text(encoding="utf-8").startswith("| result |")
     # per-axis errors: mean |error| along x, y, z; their norm bounds the mean distance
     axes = np.array([float(row[f"landmark_abs_{a}_mm"]) for a in "xyz"])
     assert np.linalg.norm(axes) <= after["mean_mm"] + 1e-9 <= axes.sum() + 1e-9
@@ -131,14 +131,14 @@ def test_many_results_and_qc(lung, truth, tmp_path, capsys):
     assert code == 0, err
     rows = read_rows(tmp_path / "sub" / "both.csv")
     assert [r["name"] for r in rows] == ["result", "truth_copy"]
-    assert len((tmp_path / "sub" / "both.md").read_text().strip().splitlines()) >= 4
+    assert len((tmp_path / "sub" / "both.md").read_text(encoding="utf-8").strip().splitlines()) >= 4
     png = copy / "qc_overview.png"
     assert png.read_bytes()[:8] == SIGNATURE
     assert "qc_overview.png" in out
 
 
 def test_summary_records_inputs(lung):
-    with open(os.path.join(lung["out"], "summary.json")) as fh:
+    with open(os.path.join(lung["out"], "summary.json"), encoding="utf-8") as fh:
         summary = json.load(fh)
     assert summary["mask"] == os.path.abspath(lung["paths"]["inhale_mask"])
     assert summary["moving_landmarks"] == os.path.abspath(lung["paths"]["exhale_points"])

@@ -192,7 +192,7 @@ def test_points_fixed_to_moving_equals_landmarks_moving_csv(lung, tmp_path, caps
                                           lung["paths"]["inhale_points"], "--out", out], capsys)
     assert code == 0, err
     assert "300 points fixed-to-moving" in stdout
-    assert out.read_text() == open(os.path.join(lung["out"], "landmarks_moving.csv")).read()
+    assert out.read_text(encoding="utf-8") == open(os.path.join(lung["out"], "landmarks_moving.csv"), encoding="utf-8").read()
 
 
 def test_points_round_trip_within_inverse_consistency(lung, tmp_path, capsys):
@@ -240,12 +240,12 @@ def test_points_slicer_and_ants_files_match_the_csv_route(truth, tmp_path, capsy
     # 3D Slicer markups JSON in and out (written in LPS, read back as RAS)
     save_points(str(tmp_path / "fixed.mrk.json"), inhale)
     run(tmp_path / "fixed.mrk.json", tmp_path / "moving.mrk.json")
-    assert '"coordinateSystem": "LPS"' in (tmp_path / "moving.mrk.json").read_text()
+    assert '"coordinateSystem": "LPS"' in (tmp_path / "moving.mrk.json").read_text(encoding="utf-8")
     np.testing.assert_allclose(load_points(str(tmp_path / "moving.mrk.json"), 3), csv_route,
                                atol=1e-3)
     # --lps with a .csv output: the ANTs point CSV, LPS columns x,y,z then t = 0
     run(tmp_path / "fixed.mrk.json", tmp_path / "moving_ants.csv", "--lps")
-    text = (tmp_path / "moving_ants.csv").read_text()
+    text = (tmp_path / "moving_ants.csv").read_text(encoding="utf-8")
     assert text.splitlines()[0] == "x,y,z,t,label,comment"
     raw = np.loadtxt(tmp_path / "moving_ants.csv", delimiter=",", skiprows=1)
     np.testing.assert_allclose(lps_to_ras(raw[:, :3]), csv_route, atol=1e-3)
