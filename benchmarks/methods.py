@@ -46,7 +46,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from nephi.geometry.grid import Grid, ras_lps_flip, ras_to_lps
+from nephi.geometry.grid import Grid, ras_to_lps
+from nephi.io.itk_images import sitk_geometry_to_affine
 from nephi.io.fields import read_displacement_field, write_displacement_field
 from nephi.io.images import load_image
 from nephi.io.points import load_points, save_points
@@ -109,13 +110,8 @@ def sitk_field_to_ras(field) -> tuple:
     d = field.GetDimension()
     arr = sitk.GetArrayFromImage(field).astype(np.float64)
     arr = np.transpose(arr, tuple(range(d - 1, -1, -1)) + (d,))
-    direction = np.asarray(field.GetDirection(), dtype=np.float64).reshape(d, d)
-    spacing = np.asarray(field.GetSpacing(), dtype=np.float64)
-    origin = np.asarray(field.GetOrigin(), dtype=np.float64)
-    flip = ras_lps_flip(d)
-    affine = np.eye(d + 1)
-    affine[:d, :d] = flip @ direction @ np.diag(spacing)
-    affine[:d, d] = flip @ origin
+    affine = sitk_geometry_to_affine(field.GetOrigin(), field.GetSpacing(),
+                                     field.GetDirection(), d)
     return ras_to_lps(arr), Grid(arr.shape[:d], affine)
 
 

@@ -55,14 +55,18 @@ class Progress:
         else:
             print(text, file=self.stream, flush=True)
 
-    def _line(self) -> None:
+    def _line(self, early: bool = False) -> None:
         seconds = time.perf_counter() - self.t0
         rate = (self.done - self.start_count) / seconds if seconds > 0 else 0.0
         values = "".join(f", {k}={v}" for k, v in self.postfix.items())
+        stop = ", stopped early (converged)" if early else ""
         print(f"{self.desc}: {self.done}/{self.total} {self.unit}s "
-              f"({100.0 * self.done / self.total:.0f} %), {seconds:.1f} s, "
+              f"({100.0 * self.done / self.total:.0f} %){stop}, {seconds:.1f} s, "
               f"{rate:.2f} {self.unit}s/s{values}", file=self.stream, flush=True)
 
     def close(self) -> None:
+        """End the display; in a log, a loop that stopped early (converged) says so."""
         if self.bar is not None:
             self.bar.close()
+        elif self.enabled and self.done < self.total:
+            self._line(early=True)

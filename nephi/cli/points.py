@@ -19,8 +19,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--points", required=True, metavar="IN.csv",
                    help="points: CSV with header x,y,z (2-D: x,y) in RAS mm (LPS with --lps), "
                         "ITK/ANTs point CSV (x,y,z,t: LPS), 3D Slicer .fcsv or .mrk.json")
-    p.add_argument("--out", required=True, metavar="OUT.csv", help="mapped points, in the format of the suffix (.csv, .fcsv, "
-                        ".mrk.json; with --lps a .csv is the ANTs point CSV)")
+    p.add_argument("--out", required=True, metavar="OUT.csv",
+                   help="mapped points, in the format of the suffix (.csv, .fcsv, .mrk.json; "
+                        "with --lps a .csv is the ANTs point CSV)")
     p.add_argument("--direction", choices=["fixed-to-moving", "moving-to-fixed"],
                    default="fixed-to-moving", help="default fixed-to-moving")
     p.add_argument("--lps", action="store_true",
