@@ -36,6 +36,7 @@ from nephi.data.preprocess import PrepConfig, read_pairs_csv
 from nephi.data.synthetic_lung import make_lung_pair
 from nephi.data.triangles_circles import MODES, make_tc_dataset, save_tc_pair_nifti
 from nephi.errors import NephiInputError
+from nephi.io.atomic import AtomicDir
 from nephi.results.metrics import foreground_dice
 
 
@@ -233,7 +234,8 @@ def _synthetic_lung_files(args: argparse.Namespace) -> int:
     """Write one pair into ``args.out`` and print a one-line summary."""
     pair = make_lung_pair(shape=args.shape, spacing=args.spacing, motion_mm=args.motion_mm,
                           n_landmarks=args.n_landmarks, seed=args.seed, noise_hu=args.noise_hu)
-    pair.save(args.out)
+    with AtomicDir(args.out) as tmp:
+        pair.save(tmp)
     disp = pair.landmark_displacements()
     shape = "x".join(str(v) for v in args.shape)
     spacing = "x".join(f"{v:g}" for v in args.spacing)
@@ -241,8 +243,6 @@ def _synthetic_lung_files(args: argparse.Namespace) -> int:
           f"{len(disp)} landmarks, mean displacement {disp.mean():.2f} mm "
           f"(max {disp.max():.2f} mm)")
     return 0
-
-
 
 
 def _triangles_circles_arguments(parser: argparse.ArgumentParser) -> None:
@@ -256,9 +256,10 @@ def _triangles_circles_arguments(parser: argparse.ArgumentParser) -> None:
 def _triangles_circles_files(args: argparse.Namespace) -> int:
     """Write ``args.out/pair_XXXX/{moving,fixed,moving_label,fixed_label}.nii.gz``."""
     data = make_tc_dataset(args.n, args.size, args.mode, args.seed)
-    for idx in range(args.n):
-        pair = {k: data[k][idx] for k in ("moving", "fixed", "moving_label", "fixed_label")}
-        save_tc_pair_nifti(pair, os.path.join(args.out, f"pair_{idx:04d}"))
+    with AtomicDir(args.out) as tmp:
+        for idx in range(args.n):
+            pair = {k: data[k][idx] for k in ("moving", "fixed", "moving_label", "fixed_label")}
+            save_tc_pair_nifti(pair, os.path.join(tmp, f"pair_{idx:04d}"))
     if args.n:
         scores = [foreground_dice(m, f) for m, f in zip(data["moving_label"], data["fixed_label"])]
         mean_dice = f", mean initial Dice {np.mean(scores):.3f}"
@@ -266,8 +267,6 @@ def _triangles_circles_files(args: argparse.Namespace) -> int:
         mean_dice = ""
     print(f"wrote {args.n} {args.mode} triangles-circles pairs of size {args.size} to {args.out}{mean_dice}")
     return 0
-
-
 
 
 def _dirlab_arguments(parser: argparse.ArgumentParser) -> None:

@@ -90,7 +90,10 @@ class AtomicDir:
                 os.rename(self.tmp, self.path)
                 return False
             for name in os.listdir(self.tmp):
-                os.replace(os.path.join(self.tmp, name), os.path.join(self.path, name))
+                dest = os.path.join(self.path, name)
+                if os.path.isdir(dest) and not os.path.islink(dest):
+                    shutil.rmtree(dest)  # a sub-folder is replaced whole
+                os.replace(os.path.join(self.tmp, name), dest)
             os.rmdir(self.tmp)
         except OSError as exc:
             shutil.rmtree(self.tmp, ignore_errors=True)
