@@ -113,6 +113,8 @@ def validate_io(cfg: dict) -> None:
     for name in HYPERELASTIC_DEFAULTS:
         _check_positive(f"io.hyperelastic.{name}", io["hyperelastic"][name], zero=True)
     _check_positive("io.det_margin", io["det_margin"], zero=True)
+    _check_positive("io.tolerance", io["tolerance"], zero=True)
+    _check_positive("io.window", io["window"], integer=True)
     _check_positive("io.given_map_grid", io["given_map_grid"], integer=True, zero=True)
     if 0 < io["given_map_grid"] < 2:
         _fail("io.given_map_grid", "must be 0 (use the network) or >= 2")

@@ -50,6 +50,16 @@ def _postfix(record: dict) -> dict:
     return shown
 
 
+def _converged(losses: list, window: int, tolerance: float) -> bool:
+    """The mean loss of the last ``window`` steps differs from that of the ``window`` before by
+    at most ``tolerance`` relative to the latter (``io.tolerance``, ``io.window``)."""
+    if len(losses) < 2 * window:
+        return False
+    old = sum(losses[-2 * window:-window]) / window
+    new = sum(losses[-window:]) / window
+    return abs(old - new) <= tolerance * max(abs(old), 1e-12)
+
+
 def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
                       io_params: str = "all", progress: bool = True) -> IOResult:
     """Optimize the mode ``cfg['io']['mode']`` for ``pair``; return its point maps.
@@ -59,15 +69,19 @@ def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
     their refinement with the map they give. Without it, ``nephi`` starts from fresh fields and
     ``inr``/``velocity`` from the identity. ``io_params``: what ``nephi`` optimizes, ``'all'``
     or ``'latent'``. ``cfg``: a resolved pairwise config (``seed`` seeds the point sampling).
+    With ``io.tolerance`` > 0 a stage ends before its step count once the loss has converged
+    (:func:`_converged`); ``IOResult.steps`` counts the steps taken.
     """
     mode = build_mode(cfg, pair, init, io_params)
     generator = torch.Generator().manual_seed(int(cfg["seed"]))
     history = []
     total_steps = 0
     start = time.perf_counter()
+    tolerance, window = float(cfg["io"]["tolerance"]), int(cfg["io"]["window"])
     for stage in mode.stages():
         optimizer = torch.optim.Adam(stage.groups)
         bar = Progress(stage.steps, f"IO {stage.label}", enabled=progress)
+        losses = []
         for step in range(stage.steps):
             optimizer.zero_grad(set_to_none=True)
             terms = mode.terms(pair, generator)
@@ -82,8 +96,11 @@ def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
             if progress and (step % 10 == 0 or step == stage.steps - 1):
                 bar.set_postfix(**_postfix(record))
             bar.update()
+            losses.append(record["loss"])
+            if tolerance > 0 and _converged(losses, window, tolerance):
+                break
         bar.close()
-        total_steps += stage.steps
+        total_steps += len(losses)
     phi_ab, phi_ba = mode.maps()
     return IOResult(mode=mode.name, phi_ab=phi_ab, phi_ba=phi_ba, history=history,
                     seconds=time.perf_counter() - start, steps=total_steps, info=mode.info())

@@ -416,3 +416,19 @@ def test_nephi_learning_rates_from_scratch_when_refining_and_explicit(shifted):
     explicit = build_mode(set_dotted(cfg, "optim.latent_lr", "3e-5"), pair)
     assert explicit.learning_rate("latent_lr") == 3e-5
     assert explicit.info()["latent_lr"] == 3e-5
+
+
+def test_convergence_test_ends_io_early_and_counts_the_steps(shifted):
+    """io.tolerance > 0: a stage stops once its loss is flat over two windows; steps taken are
+    reported. With tolerance 0 every step runs."""
+    cfg = config("nephi", optim={"steps": 60}, io={"window": 5, "tolerance": 0.0})
+    pair = pair_tensors(load(shifted), cfg, torch.device("cpu"))
+    full = instance_optimize(pair, cfg, progress=False)
+    assert full.steps == 60 and len(full.history) == 60
+    loose = merge(cfg, {"io": {"tolerance": 10.0}})  # any two windows are "the same"
+    early = instance_optimize(pair, loose, progress=False)
+    assert early.steps == 10 and len(early.history) == 10
+    losses = [r["loss"] for r in full.history]
+    old, new = np.mean(losses[-10:-5]), np.mean(losses[-5:])
+    tight = merge(cfg, {"io": {"tolerance": 0.5 * abs(old - new) / abs(old)}})
+    assert instance_optimize(pair, tight, progress=False).steps > 10
