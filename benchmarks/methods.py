@@ -47,7 +47,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from nephi.geometry.grid import Grid, ras_to_lps
-from nephi.io.itk_images import sitk_geometry_to_affine
+from nephi.io.itk_images import from_sitk
 from nephi.io.fields import read_displacement_field, write_displacement_field
 from nephi.io.images import load_image
 from nephi.io.points import load_points, save_points
@@ -105,14 +105,9 @@ def sitk_field_to_ras(field) -> tuple:
     The array comes back in nephi's axis order (x, y[, z]) and the grid's affine maps voxel
     indices to RAS mm, as nibabel reads the same file.
     """
-    import SimpleITK as sitk
-
+    arr, affine = from_sitk(field)
     d = field.GetDimension()
-    arr = sitk.GetArrayFromImage(field).astype(np.float64)
-    arr = np.transpose(arr, tuple(range(d - 1, -1, -1)) + (d,))
-    affine = sitk_geometry_to_affine(field.GetOrigin(), field.GetSpacing(),
-                                     field.GetDirection(), d)
-    return ras_to_lps(arr), Grid(arr.shape[:d], affine)
+    return ras_to_lps(arr.astype(np.float64)), Grid(arr.shape[:d], affine)
 
 
 def save_sitk_field(path: str, field, fixed_grid: Grid) -> None:

@@ -7,15 +7,14 @@ import sys
 
 from nephi.cli.common import OneLineParser, run_cli
 from nephi.config.loader import resolve_config as resolve_config_files
-from nephi.config.options import MODE_OPTIONS, RUN_OPTIONS, apply_options, key_names
+from nephi.config.options import MODE_OPTIONS, RUN_OPTIONS, active_mode, apply_options, key_names
 from nephi.config.validate import validate_pairwise
 from nephi.errors import NephiInputError
 from nephi.io.atomic import check_output_dir
-from nephi.io.images import load_mask
 from nephi.io.itk_affine import read_affine
 from nephi.pipeline import feedforward, pairwise
 from nephi.pipeline.feedforward import base_config, load_model, register_with_model
-from nephi.pipeline.inputs import LoadedPair, select_device
+from nephi.pipeline.inputs import LoadedPair, as_mask, select_device
 from nephi.results.result import summary_line
 
 
@@ -109,8 +108,7 @@ def check_options(args, cfg: dict) -> None:
     """Every check of the resolved config, before any file is read; messages name the option a
     value came from. Zero IO steps are accepted only with ``--checkpoint`` (a prediction to
     keep); without one they would return the identity map."""
-    mode = cfg["io"]["mode"] if isinstance(cfg.get("io"), dict) else "nephi"
-    names = key_names(mode if mode in ("inr", "velocity") else "nephi", _given(args))
+    names = key_names(active_mode(cfg), _given(args))
     validate_pairwise(cfg, names, min_steps=0 if getattr(args, "checkpoint", None) else 1)
 
 
@@ -157,8 +155,7 @@ def _run(argv) -> int:
     initial = (read_affine(args.initial_transform, pair.fixed.ndim)
                if args.initial_transform else None)
     if model is not None:
-        moving_mask = (load_mask(args.moving_mask, pair.moving.grid, what="moving mask")
-                       if args.moving_mask else None)
+        moving_mask = as_mask(args.moving_mask, pair.moving.grid, "moving mask")
         summary = register_with_model(model, pair, args.out, cfg, args.io_params or "latent",
                                       moving_mask, command=command, progress=progress)
     else:

@@ -13,7 +13,7 @@ from nephi.errors import NephiInputError
 
 
 __all__ = ["MODE_OPTIONS", "RUN_OPTIONS", "mode_section", "option_key", "io_steps",
-           "option_keys", "key_names", "apply_options"]
+           "option_keys", "key_names", "active_mode", "apply_options"]
 
 MODE_OPTIONS = {"io_steps": ("--io-steps", "steps"), "points": ("--points", "points"),
                 "reg_points": ("--reg-points", "reg_points"), "lr": ("--lr", "lr")}
@@ -55,7 +55,8 @@ def key_names(mode: str, given=None) -> dict:
             if given is None or attr in given}
 
 
-def _active_mode(cfg: dict) -> str:
+def active_mode(cfg: dict) -> str:
+    """The IO mode whose section the mode options set (``nephi`` unless inr or velocity)."""
     io = cfg.get("io")
     mode = io.get("mode", "nephi") if isinstance(io, dict) else "nephi"
     return mode if mode in ("inr", "velocity") else "nephi"
@@ -70,7 +71,7 @@ def apply_options(cfg: dict, options: dict) -> dict:
         raise NephiInputError(f"unknown option(s) {unknown}; known: {sorted(known)}")
     if options.get("io_mode") is not None:
         cfg = set_dotted(cfg, "io.mode", options["io_mode"], source="--io-mode")
-    for attr, (flag, key) in option_keys(_active_mode(cfg)).items():
+    for attr, (flag, key) in option_keys(active_mode(cfg)).items():
         if options.get(attr) is not None:
             cfg = set_dotted(cfg, key, options[attr], source=flag)
     return cfg

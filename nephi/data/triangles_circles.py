@@ -48,7 +48,6 @@ from typing import Any, Dict, Union
 import numpy as np
 
 
-
 MODES = ("solid", "hollow")
 
 

@@ -29,7 +29,7 @@ from nibabel.affines import apply_affine
 
 
 __all__ = ["Grid", "ras_lps_flip", "ras_to_lps", "lps_to_ras", "apply_affine", "apply_affine_torch",
-           "spatial_affine", "nifti_affine", "to_grid_sample_order"]
+           "affine_from_lps", "spatial_affine", "nifti_affine", "to_grid_sample_order"]
 
 
 def ras_lps_flip(d: int) -> np.ndarray:
@@ -53,6 +53,18 @@ def apply_affine_torch(matrix: np.ndarray, points: torch.Tensor) -> torch.Tensor
     lin = torch.as_tensor(matrix[:d, :d], dtype=points.dtype, device=points.device)
     off = torch.as_tensor(matrix[:d, d], dtype=points.dtype, device=points.device)
     return points @ lin.T + off
+
+
+def affine_from_lps(origin, spacing, direction) -> np.ndarray:
+    """The (d+1, d+1) voxel -> RAS affine of ITK's LPS origin (d,), spacing (d,) mm and
+    direction ((d, d), or its d*d values row by row; column k: the direction of voxel axis k)."""
+    spacing = np.asarray(spacing, dtype=np.float64)
+    d = spacing.size
+    flip = ras_lps_flip(d)
+    affine = np.eye(d + 1)
+    affine[:d, :d] = flip @ np.asarray(direction, dtype=np.float64).reshape(d, d) @ np.diag(spacing)
+    affine[:d, d] = flip @ np.asarray(origin, dtype=np.float64)
+    return affine
 
 
 def spatial_affine(nifti_affine: np.ndarray, ndim: int) -> np.ndarray:
@@ -162,6 +174,18 @@ class Grid:
         """Normalized coordinates of every voxel centre, shape (*shape, d), array-axis order."""
         axes = [torch.linspace(-1.0, 1.0, n, device=device, dtype=dtype) for n in self.shape]
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+
+    def lps_geometry(self) -> tuple:
+        """The grid as ITK states it: (origin (d,) LPS mm, spacing (d,) mm, direction (d, d)
+        whose column k is the LPS unit vector of voxel axis k)."""
+        d, flip = self.ndim, ras_lps_flip(self.ndim)
+        return (flip @ self.affine[:d, d], self.spacing,
+                flip @ (self.affine[:d, :d] / self.spacing))
+
+    @staticmethod
+    def from_lps(shape, origin, spacing, direction) -> "Grid":
+        """The grid of an ITK image: inverse of :meth:`lps_geometry`."""
+        return Grid(tuple(int(n) for n in shape), affine_from_lps(origin, spacing, direction))
 
     def same_as(self, other: "Grid", tol: float = 1e-4) -> bool:
         return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=tol)

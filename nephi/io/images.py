@@ -70,7 +70,7 @@ class _NibabelMessages(logging.Handler):
             self._logger.handle(record)
 
 
-def _check_file(path: str, what: str, kind: str) -> str:
+def check_input_file(path: str, what: str, kind: str) -> str:
     """The label ``"<what> <path>"`` of an input file that exists and is not a folder."""
     label = f"{what} {path}"
     if not path:
@@ -96,7 +96,7 @@ def load_image(path: str, what: str = "image", allow_nonfinite: bool = False) ->
         if not os.access(path, os.R_OK | os.X_OK):
             raise NephiInputError(f"{label}: permission denied")
         return _itk_image(path, label, allow_nonfinite)
-    label = _check_file(path, what, "an image file")
+    label = check_input_file(path, what, "an image file")
     if not os.access(path, os.R_OK):
         raise NephiInputError(f"{label}: permission denied")
     if os.path.getsize(path) == 0:
@@ -227,7 +227,8 @@ def save_image(path: str, data: np.ndarray, grid: Grid, dtype=np.float32, intent
     nib.save(img, path)
 
 
-__all__ = ["Image", "load_image", "load_mask", "save_image", "grid_of", "as_image"]
+__all__ = ["Image", "load_image", "load_mask", "save_image", "grid_of", "as_image",
+           "check_input_file"]
 
 
 def grid_of(path: str, what: str = "reference image") -> Grid:

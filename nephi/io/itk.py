@@ -35,7 +35,7 @@ import platform
 import h5py
 import numpy as np
 
-from nephi.geometry.grid import Grid, ras_lps_flip, ras_to_lps
+from nephi.geometry.grid import Grid, ras_to_lps
 
 
 # The ITK version whose HDF5 transform layout this module writes (ITK's readers ignore it).
@@ -60,12 +60,9 @@ def _read_string(h5: h5py.File, name: str) -> str:
 def itk_fixed_parameters(grid: Grid) -> np.ndarray:
     """ITK DisplacementFieldTransform fixed parameters of ``grid``: size, origin, spacing,
     direction (row-major), all in LPS."""
-    d = grid.ndim
-    spacing = grid.spacing
-    direction_lps = ras_lps_flip(d) @ (grid.affine[:d, :d] / spacing)
-    origin_lps = ras_lps_flip(d) @ grid.affine[:d, d]
-    return np.concatenate([np.asarray(grid.shape, dtype=np.float64), origin_lps, spacing,
-                           direction_lps.reshape(-1)]).astype(np.float64)
+    origin, spacing, direction = grid.lps_geometry()
+    return np.concatenate([np.asarray(grid.shape, dtype=np.float64), origin, spacing,
+                           direction.reshape(-1)]).astype(np.float64)
 
 
 def grid_from_fixed_parameters(fixed: np.ndarray, d: int) -> Grid:
@@ -75,13 +72,7 @@ def grid_from_fixed_parameters(fixed: np.ndarray, d: int) -> Grid:
         raise ValueError(f"fixed parameters of a {d}-D displacement field hold {3 * d + d * d} "
                          f"values, got {fixed.size}")
     size = tuple(int(round(v)) for v in fixed[:d])
-    origin_lps = fixed[d:2 * d]
-    spacing = fixed[2 * d:3 * d]
-    direction_lps = fixed[3 * d:].reshape(d, d)
-    affine = np.eye(d + 1)
-    affine[:d, :d] = ras_lps_flip(d) @ direction_lps @ np.diag(spacing)
-    affine[:d, d] = ras_lps_flip(d) @ origin_lps
-    return Grid(size, affine)
+    return Grid.from_lps(size, fixed[d:2 * d], fixed[2 * d:3 * d], fixed[3 * d:])
 
 
 def write_displacement_h5(path: str, disp_ras: np.ndarray, grid: Grid) -> None:

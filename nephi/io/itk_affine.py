@@ -5,8 +5,8 @@ pull-back direction, as nephi's :class:`~nephi.transforms.affine.Affine`); ANTs 
 affines (``*GenericAffine.mat``) in this form. Files: ``.mat`` (ITK's MATLAB v4 layout, as ANTs
 writes), ``.txt`` / ``.tfm`` (Insight Transform File) and ``.h5``; read from any of them:
 every linear ITK transform (affine, Euler, similarity, versor, scale, translation), also as the
-single entry of a composite. ``composite.h5`` holds the affine and a displacement field in the
-order ITK applies them to a fixed point: the displacement first, then the affine.
+single entry of a composite. A composite (:func:`write_composite`) holds a displacement field
+and an affine in the order ITK applies them to a point: the displacement first, then the affine.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ import os
 import numpy as np
 
 from nephi.errors import NephiInputError, short_reason
-from nephi.geometry.grid import Grid, ras_lps_flip
+from nephi.geometry.grid import ras_lps_flip, ras_to_lps
+from nephi.io.itk_images import to_sitk
 from nephi.transforms.affine import Affine
+from nephi.transforms.displacement import Field
+
 
 __all__ = ["write_affine", "read_affine", "write_composite"]
 
@@ -42,31 +45,15 @@ def write_affine(path: str, affine: Affine) -> None:
     sitk.WriteTransform(_sitk_affine(affine), path)
 
 
-def _field_transform(disp_ras: np.ndarray, grid: Grid):
+def write_composite(path: str, affine: Affine, field: Field) -> None:
+    """An ITK CompositeTransform file of the displacement ``field`` (applied first) and then
+    ``affine``: a point p goes to affine(p + d(p))."""
     import SimpleITK as sitk
 
-    d = grid.ndim
-    flip = ras_lps_flip(d)
-    lps = np.asarray(disp_ras, dtype=np.float64) @ flip
-    image = sitk.GetImageFromArray(np.ascontiguousarray(
-        lps.transpose(*reversed(range(d)), d)), isVector=True)
-    spacing = grid.spacing
-    image.SetSpacing([float(v) for v in spacing])
-    image.SetOrigin([float(v) for v in flip @ grid.affine[:d, d]])
-    image.SetDirection([float(v) for v in (flip @ grid.affine[:d, :d] / spacing).reshape(-1)])
-    return sitk.DisplacementFieldTransform(image)
-
-
-def write_composite(path: str, affine: Affine, disp_ras: np.ndarray, grid: Grid,
-                    field_first: bool = True) -> None:
-    """An ITK CompositeTransform file of ``affine`` and the displacement field ``disp_ras``
-    (RAS mm on ``grid``). ``field_first``: a point goes through the field, then the affine
-    (the forward transform); otherwise through the affine, then the field (the inverse)."""
-    import SimpleITK as sitk
-
-    parts = [_sitk_affine(affine), _field_transform(disp_ras, grid)]
+    image = to_sitk(ras_to_lps(field.disp), field.grid, vector=True)
     # ITK applies the transform added last first
-    composite = sitk.CompositeTransform(parts if field_first else parts[::-1])
+    composite = sitk.CompositeTransform([_sitk_affine(affine),
+                                         sitk.DisplacementFieldTransform(image)])
     sitk.WriteTransform(composite, path)
 
 

@@ -1,10 +1,10 @@
 """Images in the formats ITK reads and writes (NRRD, MetaImage, DICOM series), through SimpleITK.
 
-Converted once, here, into the geometry nephi uses everywhere else: a float32 array in voxel
-order (x, y[, z]) (the first array axis is ITK's first index) and a 4x4 NIfTI-style affine from
-voxel index to RAS millimetres. ITK's geometry is LPS (origin, spacing, direction cosines), so
-``affine[:3, :3] = F @ direction @ diag(spacing)`` and ``affine[:3, 3] = F @ origin`` with
-F = diag(-1, -1, 1) (:func:`nephi.geometry.grid.ras_lps_flip`).
+Converted once, here, into the geometry nephi uses everywhere else: an array in voxel order
+(x, y[, z]) (the first array axis is ITK's first index) and a 4x4 NIfTI-style affine from voxel
+index to RAS millimetres (:func:`nephi.geometry.grid.affine_from_lps` and
+:meth:`~nephi.geometry.grid.Grid.lps_geometry` convert ITK's LPS origin, spacing and
+direction).
 
 DICOM: a folder holding one series, or any file of a series (the whole series is read). A folder
 holding several series is an input error that lists them and asks for one file of the series
@@ -18,10 +18,11 @@ import os
 import numpy as np
 
 from nephi.errors import NephiInputError, short_reason
-from nephi.geometry.grid import Grid, ras_lps_flip
+from nephi.geometry.grid import Grid, affine_from_lps, nifti_affine
+
 
 __all__ = ["ITK_SUFFIXES", "NIFTI_SUFFIXES", "is_nifti", "read_itk_image", "write_itk_image",
-           "sitk_geometry_to_affine", "output_suffix"]
+           "from_sitk", "to_sitk", "output_suffix"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -45,23 +46,31 @@ def output_suffix(image_path: str, output_format: str | None = None) -> str:
     return ".nii.gz"
 
 
-def sitk_geometry_to_affine(origin, spacing, direction, d: int) -> np.ndarray:
-    """The (d+1, d+1) voxel -> RAS affine of an ITK image's LPS origin, spacing, direction."""
-    flip = ras_lps_flip(d)
-    direction = np.asarray(direction, dtype=np.float64).reshape(d, d)
-    affine = np.eye(d + 1)
-    affine[:d, :d] = flip @ direction @ np.diag(np.asarray(spacing, dtype=np.float64))
-    affine[:d, d] = flip @ np.asarray(origin, dtype=np.float64)
-    return affine
+def from_sitk(img) -> tuple:
+    """A SimpleITK image -> (array in voxel order (x, y[, z])[, components], its (d+1, d+1)
+    voxel -> RAS affine)."""
+    import SimpleITK as sitk
+
+    d = img.GetDimension()
+    array = sitk.GetArrayFromImage(img)  # (z, y, x[, c]): reverse the spatial axes
+    axes = tuple(range(d - 1, -1, -1)) + tuple(range(d, array.ndim))
+    affine = affine_from_lps(img.GetOrigin(), img.GetSpacing(), img.GetDirection())
+    return np.ascontiguousarray(array.transpose(axes)), affine
 
 
-def _nifti_affine(affine: np.ndarray) -> np.ndarray:
-    d = affine.shape[0] - 1
-    if d == 3:
-        return affine
-    out = np.eye(4)
-    out[np.ix_([0, 1, 3], [0, 1, 3])] = affine
-    return out
+def to_sitk(data: np.ndarray, grid: Grid, vector: bool = False):
+    """``data`` (grid.shape[, components], voxel order) on ``grid`` as a SimpleITK image."""
+    import SimpleITK as sitk
+
+    d = grid.ndim
+    data = np.asarray(data)
+    axes = tuple(range(d - 1, -1, -1)) + tuple(range(d, data.ndim))
+    img = sitk.GetImageFromArray(np.ascontiguousarray(data.transpose(axes)), isVector=vector)
+    origin, spacing, direction = grid.lps_geometry()
+    img.SetOrigin([float(v) for v in origin])
+    img.SetSpacing([float(v) for v in spacing])
+    img.SetDirection([float(v) for v in direction.reshape(-1)])
+    return img
 
 
 def _dicom_files(path: str, label: str) -> list:
@@ -123,10 +132,8 @@ def read_itk_image(path: str, label: str) -> tuple:
     d = img.GetDimension()
     if d not in (2, 3):
         raise NephiInputError(f"{label}: is {d}-D; nephi registers 2-D or 3-D images")
-    array = sitk.GetArrayFromImage(img)  # (z, y, x): reverse to voxel order
-    data = np.ascontiguousarray(array.transpose(tuple(range(d - 1, -1, -1))))
-    affine = sitk_geometry_to_affine(img.GetOrigin(), img.GetSpacing(), img.GetDirection(), d)
-    return data, _nifti_affine(affine)
+    data, affine = from_sitk(img)
+    return data, nifti_affine(affine)
 
 
 def write_itk_image(path: str, data: np.ndarray, grid: Grid) -> None:
@@ -134,12 +141,4 @@ def write_itk_image(path: str, data: np.ndarray, grid: Grid) -> None:
     (by the suffix of ``path``), geometry converted to LPS."""
     import SimpleITK as sitk
 
-    d = grid.ndim
-    img = sitk.GetImageFromArray(np.ascontiguousarray(
-        np.asarray(data).transpose(tuple(range(d - 1, -1, -1)))))
-    flip = ras_lps_flip(d)
-    spacing = grid.spacing
-    img.SetSpacing([float(v) for v in spacing])
-    img.SetOrigin([float(v) for v in flip @ grid.affine[:d, d]])
-    img.SetDirection([float(v) for v in (flip @ grid.affine[:d, :d] / spacing).reshape(-1)])
-    sitk.WriteImage(img, path, useCompression=True)
+    sitk.WriteImage(to_sitk(data, grid), path, useCompression=True)

@@ -4,8 +4,9 @@ Directions as everywhere in nephi (A = moving, B = fixed): ``warp.nii.gz`` lives
 grid and maps a fixed point p (LPS mm) to the moving point p + d(p); ``inverse_warp.nii.gz``
 lives on the moving grid and maps moving points to fixed points. Both include the global
 alignment; with one, ``affine.mat`` holds it alone (ITK, LPS) and ``composite.h5`` the same
-whole transform as an ITK CompositeTransform (the deformable field on the fixed grid, then the
-affine), for tools that keep the parts apart; ``inverse_*`` likewise.
+whole transform as an ITK CompositeTransform (a deformable field on the fixed grid, then the
+affine), for tools that keep the parts apart; ``inverse_composite.h5`` is a field on the moving
+grid, then the inverse affine.
 """
 
 __all__ = ["FORWARD", "INVERSE", "FORWARD_H5", "INVERSE_H5", "JACOBIAN", "LOG_JACOBIAN", "WARPED",

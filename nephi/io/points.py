@@ -39,7 +39,7 @@ import numpy as np
 
 from nephi.errors import NephiInputError, short_reason
 from nephi.geometry.grid import lps_to_ras, ras_to_lps
-from nephi.io.images import _check_file
+from nephi.io.images import check_input_file
 
 
 __all__ = ["load_points", "save_points", "save_ants_points", "read_point_file", "point_format",
@@ -79,7 +79,7 @@ def read_point_file(path: str, ndim: int, what: str = "points") -> tuple[np.ndar
     one of :data:`POINT_FORMATS` (``"nephi-csv"``, ``"ants-csv"``, ``"fcsv"``, ``"mrk.json"``)."""
     fmt = point_format(path)
     kind = {FCSV: "a .fcsv file", MRK_JSON: "a markups JSON file"}.get(fmt, "a CSV file")
-    label = _check_file(path, what, kind)
+    label = check_input_file(path, what, kind)
     if fmt in SLICER_FORMATS and ndim != 3:
         raise NephiInputError(f"{label}: 3D Slicer point files hold 3-D points, {ndim}-D points "
                               f"are needed here (2-D points: a CSV file with header x,y)")

@@ -10,7 +10,7 @@ import torch
 
 from nephi.data.pairfile import PairFile
 from nephi.errors import NephiInputError
-from nephi.geometry.grid import Grid
+from nephi.geometry.grid import Grid, apply_affine_torch
 from nephi.geometry.pair import PairTensors
 from nephi.geometry.sampling import sample_image
 from nephi.models.encoder import RegistrationNet
@@ -70,10 +70,7 @@ def evaluate_pair(net: RegistrationNet, arrays: dict, grid: Grid, cfg: dict, dev
 
     x = grid.normalized_points(device=device).reshape(-1, d)
     ab = evaluate_chunked(lambda p: net.fields.phi_ab(p, latent), x, int(cfg["val"]["chunk"]))
-    index = ab @ torch.as_tensor(grid.normalized_to_index[:d, :d].T, dtype=ab.dtype,
-                                 device=device)
-    index = index + torch.as_tensor(grid.normalized_to_index[:d, d], dtype=ab.dtype,
-                                    device=device)
+    index = apply_affine_torch(grid.normalized_to_index, ab)
     det = jacobian_determinant_dense(index.reshape(*grid.shape, d).movedim(-1, 0)).cpu().numpy()
     out["val/folding_percent"] = folding_percent(det)
     if mask is not None:

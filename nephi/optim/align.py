@@ -26,12 +26,16 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
-from nephi.geometry.grid import Grid
+from nephi.geometry.grid import Grid, apply_affine_torch
+from nephi.geometry.pair import PairTensors
 from nephi.geometry.sampling import sample_image
+from nephi.optim.engine import converged
 from nephi.progress import Progress
 from nephi.transforms.affine import Affine
+
 
 __all__ = ["align"]
 
@@ -56,20 +60,19 @@ def _gaussian(volume: torch.Tensor, sigma: float) -> torch.Tensor:
     return out
 
 
+def _fov_centre(grid: Grid) -> np.ndarray:
+    return grid.index_to_ras_points((np.asarray(grid.shape, dtype=np.float64) - 1) / 2)
+
+
 def _centre_of_mass(data: np.ndarray, grid: Grid, mask: np.ndarray | None) -> np.ndarray:
+    """Intensity centre of mass (RAS mm) of the non-negative part of ``data`` (within
+    ``mask``); the field-of-view centre when nothing weighs."""
     weights = np.clip(np.asarray(data, dtype=np.float64), 0.0, None)
     if mask is not None:
         weights = weights * mask
-    total = weights.sum()
-    if total <= 0:
-        return grid.index_to_ras_points((np.asarray(grid.shape, dtype=np.float64) - 1) / 2)
-    index = np.stack([(weights.sum(axis=tuple(a for a in range(grid.ndim) if a != k))
-                       * np.arange(n)).sum() / total for k, n in enumerate(grid.shape)])
-    return grid.index_to_ras_points(index)
-
-
-def _fov_centre(grid: Grid) -> np.ndarray:
-    return grid.index_to_ras_points((np.asarray(grid.shape, dtype=np.float64) - 1) / 2)
+    if weights.sum() <= 0:
+        return _fov_centre(grid)
+    return grid.index_to_ras_points(np.asarray(ndimage.center_of_mass(weights)))
 
 
 def _rotation(w: torch.Tensor, d: int) -> torch.Tensor:
@@ -99,18 +102,16 @@ class _Parameters(nn.Module):
         d, c = self.d, self.centre
         lin = (torch.eye(d, dtype=torch.float64) + self.g) @ _rotation(self.w, d)
         update = torch.eye(d + 1, dtype=torch.float64)
-        update = torch.cat([torch.cat([lin, (c - lin @ c + self.t * self.scale)[:, None]], 1),
-                            update[d:]], 0)
+        update[:d, :d] = lin
+        update[:d, d] = c - lin @ c + self.t * self.scale
         return update @ self.start
 
 
 def _loss(matrix: torch.Tensor, x_ras: torch.Tensor, fixed_values: torch.Tensor,
-          moving: torch.Tensor, moving_grid: Grid) -> torch.Tensor:
-    """1 - NCC^2 of fixed and moving intensities over the points mapped inside the moving image."""
-    d = x_ras.shape[-1]
-    y = x_ras @ matrix[:d, :d].T + matrix[:d, d]
-    to_norm = torch.as_tensor(moving_grid.ras_to_normalized, dtype=torch.float64)
-    yn = y @ to_norm[:d, :d].T + to_norm[:d, d]
+          moving: torch.Tensor, ras_to_moving: torch.Tensor) -> torch.Tensor:
+    """1 - NCC^2 of fixed and moving intensities over the points mapped inside the moving image;
+    ``ras_to_moving`` (d+1, d+1): RAS mm -> the moving grid's normalized coordinates."""
+    yn = x_ras @ (ras_to_moving @ matrix)[:-1, :-1].T + (ras_to_moving @ matrix)[:-1, -1]
     inside = (yn.abs() <= 1.0).all(dim=-1).to(torch.float64)
     m = sample_image(moving, yn.unsqueeze(0).to(moving.dtype))[0, 0].to(torch.float64)
     w = inside / inside.sum().clamp(min=1.0)
@@ -148,11 +149,11 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
     gen = torch.Generator().manual_seed(int(seed))
     fixed_t = torch.as_tensor(fixed, dtype=torch.float32).reshape(1, 1, *fixed_grid.shape)
     moving_t = torch.as_tensor(moving, dtype=torch.float32).reshape(1, 1, *moving_grid.shape)
-    inside = (np.argwhere(fixed_mask) if fixed_mask is not None else None)
+    mask_t = None if fixed_mask is None else torch.as_tensor(fixed_mask).unsqueeze(0)
     centre = _fov_centre(fixed_grid)
     scale = float(np.mean(fixed_grid.normalized_mm_scale()))
-    to_ras = torch.as_tensor(fixed_grid.affine, dtype=torch.float64)
-    points = int(cfg["points"])
+    ras_to_moving = torch.as_tensor(moving_grid.ras_to_normalized, dtype=torch.float64)
+    points, window, tolerance = int(cfg["points"]), int(cfg["window"]), float(cfg["tolerance"])
     stages = ["rigid"] if mode == "rigid" else ["rigid", "affine"]
     moving_ratio = np.asarray(fixed_grid.spacing).mean() / np.asarray(moving_grid.spacing).mean()
     for stage in stages:
@@ -161,44 +162,32 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
             params.g.requires_grad_(False)
         record = {"stage": stage, "steps": [], "loss": None}
         for level, sigma in enumerate(cfg["sigmas"]):
-            f_level = _gaussian(fixed_t, float(sigma))
-            m_level = _gaussian(moving_t, float(sigma) * moving_ratio)
+            pair = PairTensors(_gaussian(fixed_t, float(sigma)),
+                               _gaussian(moving_t, float(sigma) * moving_ratio), fixed_grid,
+                               moving_grid, mask_t)
             steps = int(cfg["steps"][level])
-            lr = float(cfg["lr"]) * 0.5 ** level
             optimizer = torch.optim.Adam([p for p in params.parameters() if p.requires_grad],
-                                         lr=lr)
+                                         lr=float(cfg["lr"]) * 0.5 ** level)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
             bar = Progress(steps, f"align {stage} {level + 1}/{len(cfg['sigmas'])}",
                            enabled=progress, lines=1)
-            history, taken = [], 0
+            history = []
             for _ in range(steps):
-                if inside is None:
-                    index = torch.rand(points, d, generator=gen, dtype=torch.float64)
-                    index = index * torch.as_tensor(np.asarray(fixed_grid.shape) - 1.0)
-                else:
-                    pick = torch.randint(len(inside), (points,), generator=gen)
-                    index = torch.as_tensor(inside[pick.numpy()], dtype=torch.float64)
-                x_ras = index @ to_ras[:d, :d].T + to_ras[:d, d]
-                norm = torch.as_tensor(fixed_grid.index_to_normalized, dtype=torch.float64)
-                xn = index @ norm[:d, :d].T + norm[:d, d]
-                fixed_values = sample_image(f_level, xn.unsqueeze(0).float())[0, 0].double()
+                x = pair.sample_fixed_points(points, gen)
+                x_ras = apply_affine_torch(fixed_grid.normalized_to_ras, x[0].double())
                 optimizer.zero_grad(set_to_none=True)
-                loss = _loss(params.matrix(), x_ras, fixed_values, m_level, moving_grid)
+                loss = _loss(params.matrix(), x_ras, pair.fixed_at(x)[0].double(), pair.moving,
+                             ras_to_moving)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
                 history.append(float(loss.detach()))
-                taken += 1
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
                 bar.update()
-                window = int(cfg["window"])
-                if len(history) >= 2 * window:
-                    old = np.mean(history[-2 * window:-window])
-                    new = np.mean(history[-window:])
-                    if abs(old - new) <= float(cfg["tolerance"]) * max(abs(old), 1e-12):
-                        break
+                if tolerance > 0 and converged(history, window, tolerance):
+                    break
             bar.close()
-            record["steps"].append(taken)
+            record["steps"].append(len(history))
             record["loss"] = float(np.mean(history[-10:])) if history else None
         matrix = params.matrix().detach().numpy()
         info["stages"].append(record)

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import torch
 
 from nephi.geometry.pair import PairTensors
-from nephi.progress import Progress
 from nephi.objectives.terms import total
 from nephi.optim.modes import build_mode
+from nephi.progress import Progress
 from nephi.transforms.base import PointMap
 
 
-__all__ = ["IOResult", "instance_optimize"]
+__all__ = ["IOResult", "instance_optimize", "converged"]
 
 
 @dataclass
@@ -50,7 +50,7 @@ def _postfix(record: dict) -> dict:
     return shown
 
 
-def _converged(losses: list, window: int, tolerance: float) -> bool:
+def converged(losses: list, window: int, tolerance: float) -> bool:
     """The mean loss of the last ``window`` steps differs from that of the ``window`` before by
     at most ``tolerance`` relative to the latter (``io.tolerance``, ``io.window``)."""
     if len(losses) < 2 * window:
@@ -70,7 +70,7 @@ def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
     ``inr``/``velocity`` from the identity. ``io_params``: what ``nephi`` optimizes, ``'all'``
     or ``'latent'``. ``cfg``: a resolved pairwise config (``seed`` seeds the point sampling).
     With ``io.tolerance`` > 0 a stage ends before its step count once the loss has converged
-    (:func:`_converged`); ``IOResult.steps`` counts the steps taken.
+    (:func:`converged`); ``IOResult.steps`` counts the steps taken.
     """
     mode = build_mode(cfg, pair, init, io_params)
     generator = torch.Generator().manual_seed(int(cfg["seed"]))
@@ -97,7 +97,7 @@ def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
                 bar.set_postfix(**_postfix(record))
             bar.update()
             losses.append(record["loss"])
-            if tolerance > 0 and _converged(losses, window, tolerance):
+            if tolerance > 0 and converged(losses, window, tolerance):
                 break
         bar.close()
         total_steps += len(losses)

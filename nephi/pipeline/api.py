@@ -32,8 +32,10 @@ def pairwise_config(base: dict | None = None, config: str | None = None,
                     overrides: dict | None = None, **options) -> dict:
     """A resolved pairwise config: ``base`` (default: the packaged pairwise defaults) <- the YAML
     file ``config`` <- ``overrides`` (dotted key -> value, e.g. ``{"loss.lambda_reg": 5}``) <-
-    ``options`` (the command-line options by their argparse names: ``io_mode``, ``io_steps``,
-    ``points``, ``reg_points``, ``lr``, ``seed``, ``device``, ``qc``)."""
+    ``options`` (the command-line options by their argparse names, the table of
+    :mod:`nephi.config.options`: ``io_mode``, ``io_steps``, ``points``, ``reg_points``, ``lr``,
+    ``seed``, ``device``, ``qc``, ``output_format``, ``log_jacobian``, ``align``,
+    ``align_only``)."""
     cfg = resolve_config(base if base is not None else "pairwise", config, [])
     for key, value in (overrides or {}).items():
         cfg = set_dotted(cfg, key, value, source=f"override {key}")

@@ -20,6 +20,7 @@ from nephi.io.layout import SUMMARY
 from nephi.pipeline.inputs import LoadedPair
 from nephi.results.result import summary_line
 
+
 __all__ = ["SUMMARY_CSV", "SUMMARY_FIELDS", "run_pairs"]
 
 SUMMARY_CSV = "summary.csv"

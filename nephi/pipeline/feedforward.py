@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -144,8 +143,7 @@ def register_with_model(model: LoadedModel, pair: LoadedPair, out_dir: str, cfg:
     """:func:`predict`, then write the result folder ``out_dir``; returns the summary."""
     check_output_dir(out_dir)
     result = predict(model, pair, cfg, io_params, moving_mask, progress)
-    result.summary["command"] = command if command is not None else sys.argv
-    save_result(result, out_dir, cfg)
+    save_result(result, out_dir, cfg, command)
     return result.summary
 
 

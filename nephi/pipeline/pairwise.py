@@ -22,7 +22,6 @@ import torch
 from nephi import __version__
 from nephi.config.validate import validate_pairwise
 from nephi.data.preprocess import resample
-from nephi.geometry.grid import apply_affine_torch
 from nephi.geometry.pair import PairTensors
 from nephi.io.atomic import check_output_dir
 from nephi.io.intensity import normalize
@@ -36,11 +35,12 @@ from nephi.results.metrics import folding_percent, landmark_errors
 from nephi.results.result import Result
 from nephi.transforms.affine import Affine
 from nephi.transforms.base import Composition, Conjugated
-from nephi.transforms.dense import DenseFields, dense_fields, evaluate_chunked
+from nephi.transforms.dense import DenseFields, dense_fields
 from nephi.transforms.displacement import Field
 
 
-__all__ = ["pair_tensors", "global_alignment", "register_pair", "register", "register_pairs", "save_result"]
+__all__ = ["pair_tensors", "global_alignment", "register_pair", "register", "register_pairs",
+           "save_result"]
 
 
 def _normalized(img, cfg: dict) -> np.ndarray:
@@ -92,14 +92,6 @@ def _peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _tabulated(phi, grid, device, chunk: int) -> Field:
-    """phi (frame -> frame of ``grid``) as a displacement field in RAS mm on ``grid``."""
-    x = grid.normalized_points(device=device).reshape(-1, grid.ndim)
-    to_ras = grid.normalized_to_ras
-    disp = apply_affine_torch(to_ras, evaluate_chunked(phi, x, chunk)) - apply_affine_torch(to_ras, x)
-    return Field(disp.reshape(*grid.shape, grid.ndim).cpu().numpy().astype(np.float64), grid)
-
-
 def _summary(pair: LoadedPair, dense: DenseFields, io: IOResult, device) -> dict:
     """Metrics of a registration: NCC before/after, folding, inverse consistency, landmarks."""
     region = pair.mask
@@ -146,9 +138,10 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
     grid) and the homogeneous matrix from the fixed image's frame to that grid's frame; IO then
     runs there and the result still lives on the original fixed and moving grids.
     ``extra_summary`` is merged into the summary. ``initial``: a global transform to start the
-    alignment from (pairwise runs, without ``init``: a given start map is the whole map). With an alignment the maps are phi_AB = A o phi and
-    phi_BA = phi^-1 o A^-1 (A the affine, phi what IO optimized on the aligned pair); the moving
-    image is sampled once, through the whole map.
+    alignment from (pairwise runs without ``init``: a given start map is the whole map). With
+    an alignment the maps are phi_AB = A o phi and phi_BA = phi^-1 o A^-1 (A the affine, phi
+    what IO optimized on the aligned pair); the moving image is sampled once, through the whole
+    map.
     """
     validate_pairwise(cfg)
     t0 = time.perf_counter()
@@ -170,11 +163,7 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
     phi_ab, phi_ba = io.phi_ab, io.phi_ba
     if frame_to_net is not None:
         phi_ab, phi_ba = Conjugated(phi_ab, frame_to_net), Conjugated(phi_ba, frame_to_net)
-    deformable = None
     if affine is not None:
-        chunk = int(cfg["output"]["chunk"])
-        deformable = (_tabulated(phi_ab, pair.fixed.grid, device, chunk),
-                      _tabulated(phi_ba, pair.fixed.grid, device, chunk))
         phi_ab = Composition(affine.in_frame(pair.fixed.grid), phi_ab)
         phi_ba = Composition(phi_ba, affine.inverse().in_frame(pair.fixed.grid))
 
@@ -203,7 +192,7 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
                   inverse=Field(dense.backward_disp_ras, pair.moving.grid),
                   jacobian=dense.jacobian, warped=dense.warped, summary=summary,
                   landmarks_moving=mapped, fixed=pair.fixed, moving=pair.moving, mask=pair.mask,
-                  affine=affine, deformable=deformable)
+                  affine=affine)
 
 
 def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = None,
@@ -213,14 +202,15 @@ def register(pair: LoadedPair, out_dir: str, cfg: dict, command: list | None = N
     validate_pairwise(cfg)
     check_output_dir(out_dir)
     result = register_pair(pair, cfg, progress=progress, **options)
-    result.summary["command"] = command if command is not None else sys.argv
-    save_result(result, out_dir, cfg)
+    save_result(result, out_dir, cfg, command)
     return result.summary
 
 
-def save_result(result: Result, out_dir: str, cfg: dict) -> None:
+def save_result(result: Result, out_dir: str, cfg: dict, command: list | None = None) -> None:
     """Write ``result`` as configured by ``cfg['output']`` (quick look, image format, log
-    Jacobian; images in the fixed input's format unless ``output.format`` says otherwise)."""
+    Jacobian; images in the fixed input's format unless ``output.format`` says otherwise);
+    the summary records ``command`` (default: this process's command line)."""
+    result.summary["command"] = command if command is not None else sys.argv
     out = cfg["output"]
     fixed_path = result.fixed.path if result.fixed is not None else ""
     result.save(out_dir, qc=bool(out["qc"]), log_jacobian=bool(out["log_jacobian"]),

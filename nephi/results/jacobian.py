@@ -6,7 +6,7 @@ A field (see :mod:`nephi.transforms.displacement`) on a grid with voxel->RAS aff
     D phi(x) = I + D d(x),   D d = (dd / di) A^-1,
 
 where ``dd / di`` (d, d) holds the finite differences of every displacement component along
-every voxel axis (``np.gradient``: central differences inside, one-sided at the border) and
+every voxel axis (central differences inside, one-sided at the border) and
 A = affine[:d, :d] is the grid's linear part (direction times spacing). Converting with A^-1
 makes the derivatives physical ones, so the result is right for any orientation (oblique grids)
 and anisotropic spacing. det D phi is the same in RAS and LPS (the flip cancels), so it is
@@ -24,37 +24,37 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 
 from nephi.errors import NephiInputError
 from nephi.io.atomic import check_output_path, write_file
 from nephi.io.fields import read_field
 from nephi.io.images import save_image
+from nephi.io.layout import FORWARD, IMAGE_SUFFIXES
 from nephi.results.metrics import folding_percent
 from nephi.transforms.displacement import Field
+from nephi.transforms.jacobian import jacobian_determinant_dense
 
 
 __all__ = ["field_jacobian", "log_jacobian", "resolve_field_path", "jacobian_file"]
-
-FORWARD_FIELD = "warp.nii.gz"
-
 
 def field_jacobian(field: Field) -> np.ndarray:
     """det(I + D d) at every voxel of ``field.grid`` -> float64 (*S).
 
     ``field.disp`` (*S, d) RAS mm; derivatives with respect to physical coordinates (see the
-    module docstring), so any affine (rotation, shear, anisotropic spacing) is handled.
+    module docstring), so any affine (rotation, shear, anisotropic spacing) is handled: the map
+    is taken to voxel indices of its own grid, i -> A^-1 (x(i) + d(x(i)) - t), whose
+    determinant det(A^-1 (A + dd/di)) = det(I + (dd/di) A^-1) is that of D phi
+    (:func:`nephi.transforms.jacobian.jacobian_determinant_dense`).
     """
     disp = np.asarray(field.disp, dtype=np.float64)
-    d = field.grid.ndim
-    if disp.shape != (*field.grid.shape, d):
+    grid, d = field.grid, field.grid.ndim
+    if disp.shape != (*grid.shape, d):
         raise ValueError(f"field_jacobian: displacement of shape {disp.shape} does not match "
-                         f"the grid {field.grid.shape} (+ {d} components)")
-    # per_index[..., c, k] = d disp_c / d i_k  (voxel units)
-    per_index = np.stack([np.stack(np.gradient(disp[..., c], axis=tuple(range(d))), axis=-1)
-                          for c in range(d)], axis=-2)
-    inv_linear = np.linalg.inv(field.grid.affine[:d, :d])
-    jac = per_index @ inv_linear + np.eye(d)  # (*S, d, d): d phi_c / d x_j
-    return np.linalg.det(jac)
+                         f"the grid {grid.shape} (+ {d} components)")
+    index = np.indices(grid.shape, dtype=np.float64)  # (d, *S)
+    mapped = index + np.moveaxis(disp @ np.linalg.inv(grid.affine[:d, :d]).T, -1, 0)
+    return jacobian_determinant_dense(torch.from_numpy(mapped)).numpy()
 
 
 def log_jacobian(det: np.ndarray) -> np.ndarray:
@@ -77,9 +77,9 @@ def resolve_field_path(path: str, what: str = "FIELD") -> str:
     if not os.path.exists(path):
         raise NephiInputError(f"{what} {path}: not found")
     if os.path.isdir(path):
-        inner = os.path.join(path, FORWARD_FIELD)
+        inner = os.path.join(path, FORWARD)
         if not os.path.isfile(inner):
-            raise NephiInputError(f"{what} {path}: is a folder without {FORWARD_FIELD}; give a "
+            raise NephiInputError(f"{what} {path}: is a folder without {FORWARD}; give a "
                                   "displacement-field file or a nephi-infer --out folder")
         return inner
     return path
@@ -92,7 +92,7 @@ def jacobian_file(field_path: str, out_path: str, log: bool = False) -> dict:
     Returns a dict: ``field`` (file used), ``shape``, ``min`` / ``max`` of the determinant,
     ``folding_percent`` (share of voxels with det <= 0, in percent) and ``log``.
     """
-    check_output_path(out_path, suffixes=(".nii", ".nii.gz"))
+    check_output_path(out_path, suffixes=IMAGE_SUFFIXES)
     path = resolve_field_path(field_path)
     field = read_field(path)
     det = field_jacobian(field)

@@ -44,6 +44,7 @@ import functools
 import itertools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
@@ -55,9 +56,12 @@ from nephi.geometry.grid import Grid
 from nephi.io.atomic import write_file
 from nephi.io.images import Image, load_mask
 from nephi.io.layout import JACOBIAN, QC_FILE, WARPED
-from nephi.results.result import Result
 from nephi.results.warp import sample_index
 from nephi.transforms.displacement import map_points
+
+
+if TYPE_CHECKING:  # the result folder's class (it draws its pictures with this module)
+    from nephi.results.result import Result
 
 
 COLUMNS = ("FIXED", "MOVING", "WARPED", "BEFORE", "AFTER", "GRID", "JACOBIAN")

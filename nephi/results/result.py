@@ -35,6 +35,7 @@ from nephi.io.layout import (AFFINE, COMPOSITE, FORWARD, FORWARD_H5, IMAGE_SUFFI
                              LANDMARKS_MOVING, LOG_JACOBIAN, QC_FILE, SUMMARY, WARPED, image_file)
 from nephi.io.points import save_points
 from nephi.results.jacobian import log_jacobian as log_of_jacobian
+from nephi.results.quicklook import write_overview
 from nephi.results.warp import warp_image
 from nephi.transforms.affine import Affine
 from nephi.transforms.displacement import Field
@@ -59,10 +60,9 @@ class Result:
                  summary: dict | None = None, landmarks_moving: np.ndarray | None = None,
                  fixed: Image | None = None, moving: Image | None = None,
                  mask: np.ndarray | None = None, path: str | None = None,
-                 what: str = "result folder", affine: Affine | None = None,
-                 deformable: tuple | None = None):
+                 what: str = "result folder", affine: Affine | None = None):
         self.path, self.what = path, what
-        self.affine, self.deformable = affine, deformable
+        self.affine = affine
         self.fixed, self.moving, self.mask = fixed, moving, mask
         self.landmarks_moving = landmarks_moving
         self._cache = {FORWARD: forward, INVERSE: inverse, JACOBIAN: jacobian, WARPED: warped,
@@ -110,16 +110,14 @@ class Result:
             if self.affine is not None:
                 write_affine(os.path.join(tmp, AFFINE), self.affine)
                 write_affine(os.path.join(tmp, INVERSE_AFFINE), self.affine.inverse())
-                forward_def, inverse_def = self.deformable
-                write_composite(os.path.join(tmp, COMPOSITE), self.affine, forward_def.disp,
-                                forward_def.grid, field_first=True)
-                write_composite(os.path.join(tmp, INVERSE_COMPOSITE), self.affine.inverse(),
-                                inverse_def.disp, inverse_def.grid, field_first=False)
+                inverse_affine = self.affine.inverse()
+                write_composite(os.path.join(tmp, COMPOSITE), self.affine,
+                                self.affine.field_before(forward))
+                write_composite(os.path.join(tmp, INVERSE_COMPOSITE), inverse_affine,
+                                inverse_affine.field_before(inverse))
             if self.landmarks_moving is not None:
                 save_points(os.path.join(tmp, LANDMARKS_MOVING), self.landmarks_moving)
             if qc:
-                from nephi.results.quicklook import write_overview
-
                 write_overview(os.path.join(tmp, QC_FILE), self.input_image("fixed"),
                                self.input_image("moving"), self.scalar(WARPED), forward.disp,
                                self.scalar(JACOBIAN), self.mask, summary,
@@ -223,8 +221,8 @@ class Result:
 
     def warp(self, image, interp: str = "linear", inverse: bool = False,
              reference: Grid | None = None) -> Image:
-        """``image`` (a path, a nibabel image, ``(array, affine)`` or an Image) pulled onto the fixed grid
-        through the forward field (a moving-space image), or with ``inverse`` onto the moving
+        """``image`` (a path, a nibabel image, ``(array, affine)`` or an Image) pulled onto the
+        fixed grid through the forward field (a moving-space image), or with ``inverse`` onto the moving
         grid (a fixed-space image); ``reference`` another output grid. ``interp``: linear, cubic,
         nearest or label (:mod:`nephi.results.warp`). The output keeps the image's voxel type."""
         image = as_image(image, what="image")

@@ -42,6 +42,7 @@ from nephi.geometry.grid import Grid
 from nephi.geometry.sampling import sample_image
 from nephi.io.atomic import check_output_path, write_file
 from nephi.io.images import Image, grid_of, load_image, save_image
+from nephi.io.layout import IMAGE_SUFFIXES
 from nephi.transforms.displacement import Field, map_points
 
 
@@ -227,7 +228,7 @@ def warp_file(result, image_path: str, out_path: str, interp: str = "linear",
     """
     if interp not in INTERPOLATORS:
         raise NephiInputError(f"--interp {interp}: expected one of {', '.join(INTERPOLATORS)}")
-    check_output_path(out_path, suffixes=(".nii", ".nii.gz", ".nrrd", ".mha"))
+    check_output_path(out_path, suffixes=IMAGE_SUFFIXES)
     field = result.field(inverse=inverse)
     image = load_image(image_path, what="--image")
     if image.ndim != field.grid.ndim:

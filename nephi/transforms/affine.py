@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from nephi.geometry.grid import Grid, apply_affine, apply_affine_torch
+from nephi.transforms.displacement import Field
+
 
 __all__ = ["Affine", "FrameAffine"]
 
@@ -53,6 +55,14 @@ class Affine:
     def then(self, other: "Affine") -> "Affine":
         """The affine x -> other(self(x))."""
         return Affine(other.matrix @ self.matrix)
+
+    def field_before(self, whole: Field) -> Field:
+        """The displacement field f on ``whole``'s grid with x + d(x) = self(x + f(x)): what
+        remains of the map x -> x + d(x) (``whole``) once this affine is taken off its end."""
+        grid = whole.grid
+        index = np.indices(grid.shape).reshape(grid.ndim, -1).T
+        x = grid.index_to_ras_points(index).reshape(*grid.shape, grid.ndim)
+        return Field(self.inverse()(x + whole.disp) - x, grid)
 
     def in_frame(self, grid: Grid) -> "FrameAffine":
         """The same transform as a point map of ``grid``'s normalized frame (fixed frame points

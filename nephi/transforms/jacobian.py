@@ -96,10 +96,11 @@ def jacobian_determinant_dense(field_index: torch.Tensor) -> torch.Tensor:
 
     ``field_index`` (d, *S): the map's value at every voxel as continuous voxel indices of the
     same grid (identity = the voxel's own index). Central differences inside, one-sided at the
-    border; returns (*S). The determinant is the same in index, normalized or physical units
-    when the map's input and output live on the same grid.
+    border; returns (*S) in ``field_index``'s dtype (computed in float64). The determinant is the
+    same in index, normalized or physical units when the map's input and output live on the
+    same grid.
     """
     d = field_index.shape[0]
     grads = [torch.gradient(field_index[i], dim=tuple(range(d))) for i in range(d)]
     jac = torch.stack([torch.stack(list(g), dim=-1) for g in grads], dim=-2)
-    return torch.linalg.det(jac.double()).float()
+    return torch.linalg.det(jac.double()).to(field_index.dtype)

@@ -16,6 +16,7 @@ from nephi.geometry.grid import ras_to_lps
 from nephi.io.itk_affine import write_affine
 from nephi.transforms.affine import Affine
 
+
 pytestmark = pytest.mark.slow
 
 FAST = ["--io-steps", "40", "--points", "1024", "--reg-points", "256", "--no-progress",
@@ -128,11 +129,20 @@ def test_itk_and_ants_apply_the_composite_as_nephi(lung, capsys):
     nephi_warped = np.asarray(nib.load(str(out / "warped.nii.gz")).dataobj)
     mask_xyz = np.asarray(nib.load(paths["inhale_mask"]).dataobj) > 0
     assert ncc(by_ants[mask_xyz], nephi_warped[mask_xyz]) >= 0.999
+    # both composites map points as the whole fields do (fixed -> moving, moving -> fixed)
+    result = nephi.Result.load(str(out))
+    for name, field in (("composite.h5", result.field()),
+                        ("inverse_composite.h5", result.field(inverse=True))):
+        composite = sitk.ReadTransform(str(out / name))
+        p = field.grid.index_to_ras_points(np.argwhere(np.ones(field.grid.shape))[::41])
+        q = np.array([composite.TransformPoint(tuple(v)) for v in ras_to_lps(p)])
+        np.testing.assert_allclose(ras_to_lps(q), field(p), atol=1e-4)
     # the affine alone maps fixed points as the summary's affine does
     affine = sitk.ReadTransform(str(out / "affine.mat"))
     p = pair.inhale_points[:5]
     mapped = np.array([affine.TransformPoint(tuple(q)) for q in ras_to_lps(p)])
-    expected = np.asarray(json.loads((out / "summary.json").read_text(encoding="utf-8"))["align"]["matrix"])
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    expected = np.asarray(summary["align"]["matrix"])
     np.testing.assert_allclose(ras_to_lps(mapped), p @ expected[:3, :3].T + expected[:3, 3],
                                atol=1e-6)
     capsys.readouterr()
