@@ -30,7 +30,6 @@ from scipy import ndimage
 from torch import nn
 
 from nephi.geometry.grid import Grid, apply_affine_torch
-from nephi.geometry.pair import PairTensors
 from nephi.geometry.sampling import sample_image
 from nephi.optim.engine import converged
 from nephi.progress import Progress
@@ -149,10 +148,11 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
     gen = torch.Generator().manual_seed(int(seed))
     fixed_t = torch.as_tensor(fixed, dtype=torch.float32).reshape(1, 1, *fixed_grid.shape)
     moving_t = torch.as_tensor(moving, dtype=torch.float32).reshape(1, 1, *moving_grid.shape)
-    mask_t = None if fixed_mask is None else torch.as_tensor(fixed_mask).unsqueeze(0)
+    inside = np.argwhere(fixed_mask) if fixed_mask is not None else None
     centre = _fov_centre(fixed_grid)
     scale = float(np.mean(fixed_grid.normalized_mm_scale()))
     ras_to_moving = torch.as_tensor(moving_grid.ras_to_normalized, dtype=torch.float64)
+    upper = torch.as_tensor(np.asarray(fixed_grid.shape) - 1.0)
     points, window, tolerance = int(cfg["points"]), int(cfg["window"]), float(cfg["tolerance"])
     stages = ["rigid"] if mode == "rigid" else ["rigid", "affine"]
     moving_ratio = np.asarray(fixed_grid.spacing).mean() / np.asarray(moving_grid.spacing).mean()
@@ -162,9 +162,8 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
             params.g.requires_grad_(False)
         record = {"stage": stage, "steps": [], "loss": None}
         for level, sigma in enumerate(cfg["sigmas"]):
-            pair = PairTensors(_gaussian(fixed_t, float(sigma)),
-                               _gaussian(moving_t, float(sigma) * moving_ratio), fixed_grid,
-                               moving_grid, mask_t)
+            f_level = _gaussian(fixed_t, float(sigma))
+            m_level = _gaussian(moving_t, float(sigma) * moving_ratio)
             steps = int(cfg["steps"][level])
             optimizer = torch.optim.Adam([p for p in params.parameters() if p.requires_grad],
                                          lr=float(cfg["lr"]) * 0.5 ** level)
@@ -173,11 +172,17 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
                            enabled=progress, lines=1)
             history = []
             for _ in range(steps):
-                x = pair.sample_fixed_points(points, gen)
-                x_ras = apply_affine_torch(fixed_grid.normalized_to_ras, x[0].double())
+                # fixed points: continuous voxel indices, or voxels of the mask
+                if inside is None:
+                    index = torch.rand(points, d, generator=gen, dtype=torch.float64) * upper
+                else:
+                    pick = torch.randint(len(inside), (points,), generator=gen)
+                    index = torch.as_tensor(inside[pick.numpy()], dtype=torch.float64)
+                x_ras = apply_affine_torch(fixed_grid.affine, index)
+                xn = apply_affine_torch(fixed_grid.index_to_normalized, index)
+                fixed_values = sample_image(f_level, xn.unsqueeze(0).float())[0, 0].double()
                 optimizer.zero_grad(set_to_none=True)
-                loss = _loss(params.matrix(), x_ras, pair.fixed_at(x)[0].double(), pair.moving,
-                             ras_to_moving)
+                loss = _loss(params.matrix(), x_ras, fixed_values, m_level, ras_to_moving)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
