@@ -271,8 +271,6 @@ def ants_run(case: Case, out_dir: str, s: dict, use_mask: bool) -> float:
     With a mask, the linear stages see the whole image and only SyN is restricted to the fixed
     mask (per-stage ``--masks``): a lung mask leaves too few samples for MI at coarse levels.
     """
-    import ants
-    import pandas as pd
     from ants.internal import get_lib_fn
 
     prefix = os.path.join(out_dir, "ants_")
@@ -301,8 +299,18 @@ def ants_run(case: Case, out_dir: str, s: dict, use_mask: bool) -> float:
     seconds = time.perf_counter() - t0
     if status != 0:
         raise RuntimeError(f"antsRegistration exited with status {status}")
-    fwd = [prefix + "1Warp.nii.gz", prefix + "0GenericAffine.mat"]
-    fixed_img, moving_img = ants.image_read(f), ants.image_read(m)
+    _ants_outputs(case, out_dir, [prefix + "1Warp.nii.gz", prefix + "0GenericAffine.mat"],
+                  prefix)
+    return seconds
+
+
+def _ants_outputs(case: Case, out_dir: str, fwd: list, prefix: str) -> None:
+    """The forward ANTs transforms ``fwd`` -> ``field.nii.gz`` (antsApplyTransforms compose) and
+    ``points_moving.csv`` (antsApplyTransformsToPoints)."""
+    import ants
+    import pandas as pd
+
+    fixed_img, moving_img = ants.image_read(case.fixed), ants.image_read(case.moving)
     composed = ants.apply_transforms(fixed_img, moving_img, fwd, compose=prefix + "fwd_")
     _save_field_file(composed, case, out_dir)
     pts = _fixed_points(case)
@@ -311,6 +319,37 @@ def ants_run(case: Case, out_dir: str, s: dict, use_mask: bool) -> float:
         frame = pd.DataFrame(ras_to_lps(pts), columns=cols)
         moved = ants.apply_transforms_to_points(case.ndim, frame, fwd)
         save_points(os.path.join(out_dir, POINTS_FILE), ras_to_lps(moved[cols].to_numpy()))
+
+
+def antspy_settings(profile: str, ndim: int) -> dict:
+    """``ants.registration(fixed, moving, "SyN")`` as ANTsPy ships it (its defaults: affine
+    with MI, then SyN with MI, 40x20x0 iterations); the ``test`` profile shortens both."""
+    s = {"type_of_transform": "SyN", "random_seed": 1}
+    if profile == "test":
+        s.update(aff_iterations=(40, 20, 0, 0), reg_iterations=(20, 10, 0))
+    return s
+
+
+def antspy_describe(s: dict) -> str:
+    extra = {k: v for k, v in s.items() if k not in ("type_of_transform", "random_seed")}
+    return (f"ants.registration(type_of_transform='{s['type_of_transform']}') with ANTsPy's "
+            f"defaults{' and ' + str(extra) if extra else ''} (affine MI, SyN MI 40x20x0)")
+
+
+def antspy_run(case: Case, out_dir: str, s: dict, use_mask: bool) -> float:
+    """ANTsPy's own registration call; field and points as :func:`ants_run` makes them."""
+    import ants
+
+    fixed_img, moving_img = ants.image_read(case.fixed), ants.image_read(case.moving)
+    kwargs = {k: v for k, v in s.items() if k != "type_of_transform"}
+    if use_mask and case.fixed_mask:
+        kwargs["mask"] = ants.image_read(case.fixed_mask)
+    prefix = os.path.join(out_dir, "antspy_")
+    t0 = time.perf_counter()
+    out = ants.registration(fixed_img, moving_img, s["type_of_transform"], outprefix=prefix,
+                            **kwargs)
+    seconds = time.perf_counter() - t0
+    _ants_outputs(case, out_dir, out["fwdtransforms"], prefix)
     return seconds
 
 
@@ -509,6 +548,8 @@ PEERS = {
                             lambda p, d: ants_settings("strong", p, d), ants_describe, ants_run),
     "ants-syn-fast": Peer("ants-syn-fast", "ANTs SyN fast", "ants", True,
                           lambda p, d: ants_settings("fast", p, d), ants_describe, ants_run),
+    "ants-syn-antspy": Peer("ants-syn-antspy", "ANTs SyN (ANTsPy defaults)", "ants", True,
+                            antspy_settings, antspy_describe, antspy_run),
     "elastix-bspline": Peer("elastix-bspline", "elastix B-spline", "itk", True,
                             elastix_settings, elastix_describe, elastix_run),
     "dipy-syn": Peer("dipy-syn", "dipy SyN", "dipy", False, dipy_settings, dipy_describe,

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the field networks; inr, velocity: the coordinate network)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="field networks' hidden layers in bfloat16 or float32 (default auto: "
+                        "bf16 on CUDA and on CPUs with AVX-512 BF16 / AMX)")
     p.add_argument("--config", metavar="YAML", help="config file overriding the defaults")
     p.add_argument("--landmarks", metavar="FIXED_POINTS.csv",
                    help="fixed-space points (CSV x,y,z, RAS mm) to map into moving space")

@@ -20,6 +20,7 @@ MODE_OPTIONS = {"io_steps": ("--io-steps", "steps"), "points": ("--points", "poi
 """argparse attribute -> (flag, key inside the active mode's section)."""
 
 RUN_OPTIONS = {"seed": ("--seed", "seed"), "device": ("--device", "device"),
+               "precision": ("--precision", "precision"),
                "qc": ("--qc", "output.qc"), "output_format": ("--output-format", "output.format"),
                "log_jacobian": ("--log-jacobian", "output.log_jacobian"),
                "align": ("--align", "align.mode"), "align_only": ("--align-only", "align.only")}

@@ -38,6 +38,7 @@ DATA_BUILDS = ("none", "synthetic-lung", "triangles-circles")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
 ALIGN_MODES = ("none", "rigid", "affine")
+PRECISIONS = ("auto", "fp32", "bf16")
 ALIGN_INITS = ("com", "geometry", "none")
 
 
@@ -110,6 +111,7 @@ def validate_io(cfg: dict) -> None:
     except ValueError as exc:
         _fail("io.lncc_window", str(exc))
     _one_of("io.regularizer_space", io["regularizer_space"], REGULARIZER_SPACES)
+    _one_of("io.lr_schedule", io["lr_schedule"], ("constant", "cosine"))
     for name in HYPERELASTIC_DEFAULTS:
         _check_positive(f"io.hyperelastic.{name}", io["hyperelastic"][name], zero=True)
     _check_positive("io.det_margin", io["det_margin"], zero=True)
@@ -197,6 +199,7 @@ def validate_pairwise(cfg: dict, option_names: dict | None = None, min_steps: in
         raise NephiInputError(f"{names.get(steps_key, f'config key {steps_key}')}: must be an "
                               f"integer >= {min_steps}, got {steps!r}{why}")
     validate_align(cfg, names)
+    _one_of("precision", cfg["precision"], PRECISIONS, names.get("precision"))
     section = mode_section(mode)
     require_positive(cfg, [f"{section}.points", f"{section}.reg_points"], names)
     require_positive(cfg, [f"{section}.lr"], names, allow_null=mode == "nephi")

@@ -49,13 +49,29 @@ def _cell(values: torch.Tensor, points: torch.Tensor):
     return values.reshape(*values.shape[:2], -1), base.long(), frac, scale * inside, strides
 
 
-def _corners(flat: torch.Tensor, base: torch.Tensor, strides: list):
-    """Yield (corner bits, corner values (B, C, N)) for the 2^d corners of every point's cell."""
+def _corner_values(flat: torch.Tensor, base: torch.Tensor, strides: list, frac: torch.Tensor):
+    """Values at the 2^d corners of every point's cell, all at once: (B, C, N, K), and the
+    per-axis factors (B, N, K, d) (``frac`` where the corner's bit is 1, ``1 - frac`` where it is
+    0) and signs (K, d) (+1 / -1) of the multilinear weights."""
     b, c = flat.shape[:2]
     n, d = base.shape[1], base.shape[2]
-    for corner in itertools.product((0, 1), repeat=d):
-        lin = sum((base[..., k] + bit) * strides[k] for k, bit in enumerate(corner))
-        yield corner, torch.gather(flat, 2, lin.unsqueeze(1).expand(b, c, n))
+    bits = torch.tensor(list(itertools.product((0, 1), repeat=d)), device=base.device)
+    stride = torch.tensor(strides, device=base.device)
+    lin = ((base.unsqueeze(2) + bits) * stride).sum(-1)
+    gathered = torch.gather(flat, 2, lin.reshape(b, 1, n * bits.shape[0]).expand(b, c, -1))
+    on = bits.to(frac.dtype)
+    f = frac.unsqueeze(2)
+    factors = on * f + (1.0 - on) * (1.0 - f)
+    return gathered.reshape(b, c, n, bits.shape[0]), factors, 2.0 * on - 1.0
+
+
+def _product(factors: torch.Tensor, skip: int = -1) -> torch.Tensor:
+    """Product over the last axis of ``factors`` (..., d), leaving out index ``skip``."""
+    out = None
+    for k in range(factors.shape[-1]):
+        if k != skip:
+            out = factors[..., k] if out is None else out * factors[..., k]
+    return torch.ones_like(factors[..., 0]) if out is None else out
 
 
 def interpolate_linear(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -65,13 +81,9 @@ def interpolate_linear(values: torch.Tensor, points: torch.Tensor) -> torch.Tens
     Twice differentiable in ``points`` and ``values`` (piecewise linear in ``points``).
     """
     flat, base, frac, _, strides = _cell(values, points)
-    out = points.new_zeros(values.shape[0], values.shape[1], points.shape[1])
-    for corner, gathered in _corners(flat, base, strides):
-        weight = torch.ones_like(frac[..., 0])
-        for k, bit in enumerate(corner):
-            weight = weight * (frac[..., k] if bit else 1.0 - frac[..., k])
-        out = out + gathered * weight.unsqueeze(1)
-    return out.transpose(1, 2)
+    gathered, factors, _ = _corner_values(flat, base, strides, frac)
+    weight = _product(factors)
+    return torch.einsum("bcnk,bnk->bnc", gathered, weight)
 
 
 def interpolate_linear_with_grad(values: torch.Tensor, points: torch.Tensor) -> tuple:
@@ -82,21 +94,10 @@ def interpolate_linear_with_grad(values: torch.Tensor, points: torch.Tensor) -> 
     differentiable (first order) with respect to ``values`` and ``points``.
     """
     flat, base, frac, dfrac, strides = _cell(values, points)
+    gathered, factors, signs = _corner_values(flat, base, strides, frac)
     d = points.shape[-1]
-    one_minus = 1.0 - frac
-    out = 0.0
-    grads = [0.0] * d
-    for corner, gathered in _corners(flat, base, strides):
-        factors = [frac[..., k] if bit else one_minus[..., k] for k, bit in enumerate(corner)]
-        weight = factors[0]
-        for f in factors[1:]:
-            weight = weight * f
-        out = out + gathered * weight.unsqueeze(1)
-        for k, bit in enumerate(corner):
-            others = torch.ones_like(frac[..., 0])
-            for j, f in enumerate(factors):
-                if j != k:
-                    others = others * f
-            sign = 1.0 if bit else -1.0
-            grads[k] = grads[k] + gathered * (sign * others * dfrac[..., k]).unsqueeze(1)
-    return out.transpose(1, 2), torch.stack(grads, dim=1).permute(0, 3, 1, 2)
+    weight = _product(factors)
+    dweight = torch.stack([signs[:, k] * _product(factors, skip=k) for k in range(d)], dim=-1)
+    dweight = dweight * dfrac.unsqueeze(2)
+    return (torch.einsum("bcnk,bnk->bnc", gathered, weight),
+            torch.einsum("bcnk,bnkd->bndc", gathered, dweight))

@@ -156,14 +156,14 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
     points, window, tolerance = int(cfg["points"]), int(cfg["window"]), float(cfg["tolerance"])
     stages = ["rigid"] if mode == "rigid" else ["rigid", "affine"]
     moving_ratio = np.asarray(fixed_grid.spacing).mean() / np.asarray(moving_grid.spacing).mean()
+    pyramid = [(_gaussian(fixed_t, float(sigma)), _gaussian(moving_t, float(sigma) * moving_ratio))
+               for sigma in cfg["sigmas"]]
     for stage in stages:
         params = _Parameters(d, matrix, centre, scale)
         if stage == "rigid":
             params.g.requires_grad_(False)
         record = {"stage": stage, "steps": [], "loss": None}
-        for level, sigma in enumerate(cfg["sigmas"]):
-            f_level = _gaussian(fixed_t, float(sigma))
-            m_level = _gaussian(moving_t, float(sigma) * moving_ratio)
+        for level, (f_level, m_level) in enumerate(pyramid):
             steps = int(cfg["steps"][level])
             optimizer = torch.optim.Adam([p for p in params.parameters() if p.requires_grad],
                                          lr=float(cfg["lr"]) * 0.5 ** level)

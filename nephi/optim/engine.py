@@ -8,6 +8,7 @@ fields and latent codes) are never changed: every mode works on copies (DESIGN.m
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -20,7 +21,7 @@ from nephi.progress import Progress
 from nephi.transforms.base import PointMap
 
 
-__all__ = ["IOResult", "instance_optimize", "converged"]
+__all__ = ["IOResult", "instance_optimize", "converged", "learning_rate_schedule"]
 
 
 @dataclass
@@ -60,6 +61,15 @@ def converged(losses: list, window: int, tolerance: float) -> bool:
     return abs(old - new) <= tolerance * max(abs(old), 1e-12)
 
 
+def learning_rate_schedule(optimizer: torch.optim.Optimizer, kind: str, steps: int):
+    """``constant`` learning rates, or ``cosine``: from each group's rate down to 0 at the
+    stage's last step (``io.lr_schedule``)."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / max(steps, 1))))
+
+
 def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
                       io_params: str = "all", progress: bool = True) -> IOResult:
     """Optimize the mode ``cfg['io']['mode']`` for ``pair``; return its point maps.
@@ -80,6 +90,7 @@ def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
     tolerance, window = float(cfg["io"]["tolerance"]), int(cfg["io"]["window"])
     for stage in mode.stages():
         optimizer = torch.optim.Adam(stage.groups)
+        scheduler = learning_rate_schedule(optimizer, cfg["io"]["lr_schedule"], stage.steps)
         bar = Progress(stage.steps, f"IO {stage.label}", enabled=progress)
         losses = []
         for step in range(stage.steps):
@@ -88,6 +99,7 @@ def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
             loss = total(terms)
             loss.backward()
             optimizer.step()
+            scheduler.step()
             record = {name: float(t.value.detach()) for name, t in terms.items()}
             record["loss"] = float(loss.detach())
             if stage.count > 1:

@@ -61,7 +61,7 @@ from torch import nn
 from nephi.config.validate import FIXED_STEP_SOLVERS, MODES
 from nephi.geometry.pair import PairTensors
 from nephi.models.coordinate import CoordinateNet, CoordinateNetConfig
-from nephi.models.fields import FieldConfig, Latent, NephiFields
+from nephi.models.fields import FieldConfig, Latent, NephiFields, resolve_precision
 from nephi.objectives.nephi_loss import nephi_terms
 from nephi.objectives.regularizers import regularizer_terms
 from nephi.objectives.similarity import similarity_terms, stencil_offsets
@@ -163,7 +163,7 @@ class _Regularization:
                                  mm_per_unit=self.mm_per_unit, **self.params)
 
 
-NEPHI_LR = {"scratch": {"lr": 3e-4, "latent_lr": 1e-2},
+NEPHI_LR = {"scratch": {"lr": 6e-4, "latent_lr": 2e-2},
             "refine": {"lr": 1e-4, "latent_lr": 1e-3}}
 """Learning rates of the nephi mode when ``optim.lr`` / ``optim.latent_lr`` are null: from
 identity fields and random codes, or refining a trained network's prediction (which starts close
@@ -182,7 +182,8 @@ class NephiMode(IOMode):
             raise ValueError(f"params must be 'all' or 'latent', got {io_params!r}")
         self.cfg, self.io_params, self.given = cfg, io_params, init is not None
         fields, latent = init if init is not None else initial_state(cfg, pair.ndim, pair.device)
-        self.fields = copy.deepcopy(fields)
+        self.fields = copy.deepcopy(fields).set_precision(
+            resolve_precision(cfg["precision"], pair.device))
         self.latent = Latent(nn.Parameter(latent.global_.detach().clone()),
                              nn.Parameter(latent.local.detach().clone()))
         self.reg = _Regularization(cfg["loss"]["regularizers"], cfg["loss"]["jacobian"],
@@ -233,7 +234,8 @@ class NephiMode(IOMode):
                 "optimized": "latent codes" if self.io_params == "latent"
                 else "latent codes and field networks",
                 "start": "given prediction" if self.given else "identity fields, random latent",
-                "lr": self.learning_rate("lr"), "latent_lr": self.learning_rate("latent_lr")}
+                "lr": self.learning_rate("lr"), "latent_lr": self.learning_rate("latent_lr"),
+                "precision": self.fields.precision}
 
 
 class RefinementMode(IOMode):

@@ -36,7 +36,8 @@ class DenseFields:
     backward_disp_ras: (*S_moving, d) phi_BA(y) - y in RAS mm on the moving grid.
     warped: (*S_fixed) moving intensities at phi_AB(x) (linear, 0 outside the moving image).
     jacobian: (*S_fixed) det of the Jacobian of phi_AB.
-    inverse_error_mm: (*S_fixed) |phi_BA(phi_AB(x)) - x| in mm.
+    inverse_error_mm: (*S_fixed) |phi_BA(phi_AB(x)) - x| in mm, phi_BA read from
+        ``backward_disp_ras`` by trilinear interpolation (as the exported fields compose).
     """
 
     forward_disp_ras: np.ndarray
@@ -73,13 +74,22 @@ def dense_fields(phi_ab: PointMap, phi_ba: PointMap, moving_data: np.ndarray, fi
     index = index.reshape(*fixed_grid.shape, d).movedim(-1, 0)
     det = jacobian_determinant_dense(index)
 
-    round_trip = evaluate_chunked(phi_ba, ab, chunk)
-    ic_mm = (apply_affine_torch(frame_to_ras, round_trip) - apply_affine_torch(frame_to_ras, x))
-    ic_mm = ic_mm.norm(dim=-1)
-
     y = frame_points_of(moving_grid, fixed_grid, device)
     ba = evaluate_chunked(phi_ba, y, chunk)
     backward_disp = apply_affine_torch(frame_to_ras, ba) - apply_affine_torch(frame_to_ras, y)
+
+    # Inverse consistency from the two passes made: phi_BA at phi_AB(x) is read from the
+    # backward field on the moving grid (trilinear, border values outside), as a downstream tool
+    # composing warp and inverse_warp would; no third network pass.
+    table = backward_disp.reshape(*moving_grid.shape, d).movedim(-1, 0).unsqueeze(0)
+    ic_mm = torch.empty(x.shape[0], device=device)
+    for start in range(0, x.shape[0], chunk):
+        a = ab[start:start + chunk]
+        at = apply_affine_torch(frame_to_moving, a).unsqueeze(0)
+        back = sample_image(table, at, padding="border")[0].T
+        ic_mm[start:start + chunk] = (apply_affine_torch(frame_to_ras, a) + back
+                                      - apply_affine_torch(frame_to_ras, x[start:start + chunk])
+                                      ).norm(dim=-1)
 
     def arr(t, shape):
         return t.reshape(*shape).cpu().numpy().astype(np.float32)
