@@ -2,8 +2,9 @@
 
 Pairs (:mod:`nephi.data.real_scans`, built once into ``--data``): the MNI152 T1 at 2 mm
 (about 86 x 104 x 89 voxels) and a CT of the same head at 2.5 mm (about 70 x 84 x 72), each
-deformed by a known random smooth map; ``small`` at most 8 mm, ``large`` at most 14 mm plus a
-rigid motion of 15 degrees and 20 mm of the moving scan. 200 landmarks in the brain, tissue
+deformed by a known random smooth map; ``small`` at most 8 mm; ``moved`` the same map with the
+moving scan also turned by 15 degrees and shifted by 19.4 mm (a patient lying differently);
+``large`` at most 14 mm plus that rigid motion. 200 landmarks in the brain, tissue
 labels (CSF, grey, white matter) for Dice, brain masks.
 
 Methods, each its own process at ``--threads`` threads, timed with ``os.wait4`` (wall seconds
@@ -44,6 +45,8 @@ from benchmarks.methods import Case  # noqa: E402
 CASES = {
     "ct-small": {"modality": "ct", "spacing": 2.5, "max_mm": 8.0, "degrees": 0.0, "seed": 11},
     "mri-small": {"modality": "mri", "spacing": 2.0, "max_mm": 8.0, "degrees": 0.0, "seed": 12},
+    "ct-moved": {"modality": "ct", "spacing": 2.5, "max_mm": 8.0, "degrees": 15.0, "seed": 11},
+    "mri-moved": {"modality": "mri", "spacing": 2.0, "max_mm": 8.0, "degrees": 15.0, "seed": 12},
     "ct-large": {"modality": "ct", "spacing": 2.5, "max_mm": 14.0, "degrees": 15.0, "seed": 13},
     "mri-large": {"modality": "mri", "spacing": 2.0, "max_mm": 14.0, "degrees": 15.0,
                   "seed": 14},
