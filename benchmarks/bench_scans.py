@@ -12,6 +12,8 @@ and peak memory of the whole command, reading and writing included):
 
 * ``nephi``: ``nephi-infer`` with its defaults (fixed brain mask, landmarks);
 * ``nephi:NAME``: the same with extra options given by ``--variant NAME="--set a=b ..."``;
+* ``nephi@REV``: ``nephi-infer`` of git revision REV (a temporary worktree, its defaults), for
+  before / after figures from one run;
 * ``ants-syn-antspy``: ``ants.registration(type_of_transform="SyN")`` with ANTsPy's defaults;
 * ``ants-syn-strong``: SyN with a CC metric of radius 4, 100x70x50x20 (antsRegistrationSyN.sh).
 
@@ -30,7 +32,9 @@ import csv
 import dataclasses
 import os
 import shlex
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -85,6 +89,23 @@ def nephi_method(name: str, extra: list) -> bench_peers.MethodSpec:
     return dataclasses.replace(base, key=key, label=key, description=desc, argv=argv)
 
 
+def revision_method(rev: str, tmp: str) -> bench_peers.MethodSpec:
+    """``nephi-infer`` of git revision ``rev``, checked out into a worktree under ``tmp``."""
+    tree = os.path.join(tmp, f"nephi-{rev}")
+    if not os.path.isdir(tree):
+        subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", tree, rev], check=True,
+                       capture_output=True)
+    base = bench_peers.nephi_spec("nephi", None, None)
+    script = (f"import sys; sys.path.insert(0, {tree!r}); from nephi.cli.infer import main; "
+              "sys.exit(main())")
+
+    def argv(case: Case, out_dir: str, use_mask: bool) -> list:
+        return [sys.executable, "-c", script] + base.argv(case, out_dir, use_mask)[1:]
+
+    return dataclasses.replace(base, key=f"nephi@{rev}", label=f"nephi@{rev}",
+                               description=f"nephi-infer of commit {rev}, its defaults", argv=argv)
+
+
 def phases(out_dir: str) -> dict:
     """nephi's time split from its summary.json (seconds)."""
     s = bench_peers._summary(out_dir)
@@ -105,7 +126,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--methods", nargs="+", default=["nephi", *PEER_KEYS],
-                        help="nephi, nephi:NAME (see --variant) and peer keys")
+                        help="nephi, nephi:NAME (see --variant), nephi@GITREV and peer keys")
     parser.add_argument("--variant", action="append", default=[], metavar='NAME="OPTIONS"',
                         help="extra nephi-infer options of the method nephi:NAME")
     parser.add_argument("--threads", type=int, default=2)
@@ -120,7 +141,9 @@ def main(argv=None) -> int:
         variants[name] = shlex.split(opts)
     specs = []
     for key in args.methods:
-        if key == "nephi" or key.startswith("nephi:"):
+        if key.startswith("nephi@"):
+            specs.append(revision_method(key.partition("@")[2], tempfile.gettempdir()))
+        elif key == "nephi" or key.startswith("nephi:"):
             name = key.partition(":")[2]
             if name and name not in variants:
                 parser.error(f"method {key}: no --variant {name}=...")

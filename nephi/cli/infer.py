@@ -14,7 +14,7 @@ from nephi.io.atomic import check_output_dir
 from nephi.io.itk_affine import read_affine
 from nephi.pipeline import feedforward, pairwise
 from nephi.pipeline.feedforward import base_config, load_model, register_with_model
-from nephi.pipeline.inputs import LoadedPair, as_mask, select_device
+from nephi.pipeline.inputs import LoadedPair, select_device
 from nephi.results.result import summary_line
 
 
@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --checkpoint: what IO optimizes, the latent codes or the latent "
                         "codes and the field networks (default latent)")
     p.add_argument("--moving-mask", metavar="MOVING_MASK",
-                   help="with --checkpoint: moving-image mask, needed when the network was "
-                        "trained on masked images")
+                   help="moving-image mask: the similarity counts only where both masks "
+                        "hold, and the backward direction samples it (with --checkpoint: needed "
+                        "when the network was trained on masked images)")
     p.add_argument("--io-mode", choices=["nephi", "inr", "velocity"],
                    help="what instance optimization optimizes: nephi (NePhi fields and latent "
                         "codes, GradICON; default), inr (IDIR-style displacement network, "
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the field networks; inr, velocity: the coordinate network)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--similarity", choices=["ncc", "lncc", "mi", "mse"],
+                   help="one similarity for every stage, alignment and IO (default ncc; mi: "
+                        "Parzen mutual information, for multi-modal pairs)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="field networks' hidden layers in bfloat16 or float32 (default auto: "
                         "bf16 on CUDA and on CPUs with AVX-512 BF16 / AMX)")
@@ -96,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _given(args) -> dict:
     """The table options (:mod:`nephi.config.options`) given on the command line."""
-    names = ("io_mode", *MODE_OPTIONS, *RUN_OPTIONS)
+    names = ("io_mode", "similarity", *MODE_OPTIONS, *RUN_OPTIONS)
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -119,9 +123,8 @@ def _check_modes(args) -> None:
     """--pair or --pairs (not both); the options that only make sense with --checkpoint."""
     if (args.pair is None) == (args.pairs is None):
         raise NephiInputError("give one of --pair MOVING FIXED or --pairs PAIRS.csv")
-    for name, value in (("--io-params", args.io_params), ("--moving-mask", args.moving_mask)):
-        if value is not None and not args.checkpoint:
-            raise NephiInputError(f"{name}: needs --checkpoint (a trained network)")
+    if args.io_params is not None and not args.checkpoint:
+        raise NephiInputError("--io-params: needs --checkpoint (a trained network)")
     if args.initial_transform and (args.pairs or args.checkpoint):
         raise NephiInputError("--initial-transform: only with --pair and without --checkpoint")
     if args.pairs and (args.mask or args.landmarks or args.moving_landmarks or args.moving_mask):
@@ -154,13 +157,13 @@ def _run(argv) -> int:
               f"done), {counts['failed']} failed; results in {args.out}")
         return 2 if counts["failed"] else 0
     moving, fixed = args.pair
-    pair = LoadedPair(moving, fixed, args.mask, args.landmarks, args.moving_landmarks)
+    pair = LoadedPair(moving, fixed, args.mask, args.landmarks, args.moving_landmarks,
+                      args.moving_mask)
     initial = (read_affine(args.initial_transform, pair.fixed.ndim)
                if args.initial_transform else None)
     if model is not None:
-        moving_mask = as_mask(args.moving_mask, pair.moving.grid, "moving mask")
         summary = register_with_model(model, pair, args.out, cfg, args.io_params or "latent",
-                                      moving_mask, command=command, progress=progress)
+                                      pair.moving_mask, command=command, progress=progress)
     else:
         summary = pairwise.register(pair, args.out, cfg, command=command, progress=progress,
                                     initial=initial)

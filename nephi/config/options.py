@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from nephi.config.loader import set_dotted
 from nephi.errors import NephiInputError
+from nephi.objectives.similarity import SIMILARITIES
 
 
 __all__ = ["MODE_OPTIONS", "RUN_OPTIONS", "mode_section", "option_key", "io_steps",
@@ -66,12 +67,20 @@ def active_mode(cfg: dict) -> str:
 def apply_options(cfg: dict, options: dict) -> dict:
     """``cfg`` with the options of the table set (``io_mode`` first, as it decides where the
     mode options go); options whose value is None are left alone. Errors name the flag."""
-    known = {"io_mode", *MODE_OPTIONS, *RUN_OPTIONS}
+    known = {"io_mode", "similarity", *MODE_OPTIONS, *RUN_OPTIONS}
     unknown = sorted(set(options) - known)
     if unknown:
         raise NephiInputError(f"unknown option(s) {unknown}; known: {sorted(known)}")
     if options.get("io_mode") is not None:
         cfg = set_dotted(cfg, "io.mode", options["io_mode"], source="--io-mode")
+    if options.get("similarity") is not None:
+        name = options["similarity"]
+        if name not in SIMILARITIES:
+            raise NephiInputError(f"--similarity: must be one of {sorted(SIMILARITIES)}, got "
+                                  f"{name!r}")
+        weights = {k: 1.0 if k == name else 0.0 for k in SIMILARITIES}
+        cfg = set_dotted(cfg, "io.similarity", weights, source="--similarity")
+        cfg = set_dotted(cfg, "align.similarity", name, source="--similarity")
     for attr, (flag, key) in option_keys(active_mode(cfg)).items():
         if options.get(attr) is not None:
             cfg = set_dotted(cfg, key, options[attr], source=flag)

@@ -161,6 +161,7 @@ def validate_align(cfg: dict, option_names: dict | None = None) -> None:
     a = cfg["align"]
     _one_of("align.mode", a["mode"], ALIGN_MODES, names.get("align.mode"))
     _one_of("align.init", a["init"], ALIGN_INITS)
+    _one_of("align.similarity", a["similarity"], tuple(SIMILARITIES), names.get("align.similarity"))
     for key in ("sigmas", "steps"):
         if not isinstance(a[key], list) or not a[key]:
             _fail(f"align.{key}", f"must be a non-empty list, got {a[key]!r}")

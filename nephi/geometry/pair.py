@@ -19,6 +19,8 @@ class PairTensors:
 
     A = moving, B = fixed. All images of a batch share the fixed grid and the moving grid.
     ``fixed_mask`` (B, *S_f) bool, optional: similarity points are drawn inside it.
+    ``moving_mask`` (B, *S_m) bool, optional: backward similarity points are drawn inside it,
+    and the similarity terms count only points that both masks hold (:meth:`moving_mask_at`).
     ``pre_affine`` ((d+1, d+1), RAS mm, fixed -> moving), optional: a global alignment applied
     after the maps, so a map phi is optimized for I_A(pre_affine(phi(x))) (an identity phi
     then means the aligned start).
@@ -26,7 +28,8 @@ class PairTensors:
 
     def __init__(self, fixed: torch.Tensor, moving: torch.Tensor, fixed_grid: Grid,
                  moving_grid: Grid, fixed_mask: torch.Tensor | None = None,
-                 pre_affine: np.ndarray | None = None):
+                 pre_affine: np.ndarray | None = None,
+                 moving_mask: torch.Tensor | None = None):
         self.fixed = fixed
         self.moving = moving
         self.fixed_grid = fixed_grid
@@ -37,9 +40,12 @@ class PairTensors:
                                     @ fixed_grid.normalized_to_ras)
         self.moving_to_frame = np.linalg.inv(self.frame_to_moving)
         self.fixed_mask = fixed_mask
-        self._mask_index = None
+        self.moving_mask = moving_mask
+        self._mask_index = self._moving_index = None
         if fixed_mask is not None:
             self._mask_index = [torch.nonzero(m.reshape(-1)).squeeze(1) for m in fixed_mask]
+        if moving_mask is not None:
+            self._moving_index = [torch.nonzero(m.reshape(-1)).squeeze(1) for m in moving_mask]
 
     @property
     def batch(self) -> int:
@@ -61,25 +67,52 @@ class PairTensors:
         """Moving intensities at frame points (B, N, d) -> (B, N), sampled via physical space."""
         return sample_image(self.moving, apply_affine_torch(self.frame_to_moving, x))[:, 0]
 
-    def sample_fixed_points(self, n: int, generator: torch.Generator | None = None,
-                            in_mask: bool = True) -> torch.Tensor:
-        """n points per batch item, uniform over the fixed domain (or its mask), frame coords."""
-        b, d = self.batch, self.ndim
-        if self._mask_index is None or not in_mask:
-            u = torch.rand(b, n, d, generator=generator, device="cpu")
-            return (2.0 * u - 1.0).to(self.device)
-        shape = torch.tensor(self.fixed_grid.shape)
+    def fixed_mask_at(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Whether frame points (B, N, d) lie in the fixed mask (nearest voxel) -> (B, N) bool,
+        or None without a fixed mask."""
+        if self.fixed_mask is None:
+            return None
+        mask = self.fixed_mask.unsqueeze(1).to(x.dtype)
+        return sample_image(mask, x, mode="nearest", padding="zeros")[:, 0] > 0.5
+
+    def moving_mask_at(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Whether frame points (B, N, d), seen through the moving grid, lie in the moving mask
+        -> (B, N) bool, or None without a moving mask."""
+        if self.moving_mask is None:
+            return None
+        mask = self.moving_mask.unsqueeze(1).to(x.dtype)
+        y = apply_affine_torch(self.frame_to_moving, x)
+        return sample_image(mask, y, mode="nearest", padding="zeros")[:, 0] > 0.5
+
+    @staticmethod
+    def _in_mask(index: list, grid: Grid, n: int, generator) -> torch.Tensor:
+        """n points per batch item at mask voxels (each jittered within its voxel), in the
+        normalized coordinates of ``grid``: (B, n, d) on the CPU."""
+        shape = torch.tensor(grid.shape)
+        d = grid.ndim
         pts = []
-        for idx in self._mask_index:
+        for idx in index:
             pick = idx[torch.randint(len(idx), (n,), generator=generator, device="cpu").to(idx.device)]
-            vox = torch.stack(torch.unravel_index(pick.cpu(), tuple(self.fixed_grid.shape)), dim=-1)
+            vox = torch.stack(torch.unravel_index(pick.cpu(), tuple(grid.shape)), dim=-1)
             jitter = torch.rand(n, d, generator=generator, device="cpu") - 0.5
             ijk = (vox.float() + jitter).clamp(min=0.0)
             ijk = torch.minimum(ijk, (shape - 1).float())
             pts.append(-1.0 + 2.0 * ijk / (shape - 1).float())
-        return torch.stack(pts).to(self.device)
+        return torch.stack(pts)
+
+    def sample_fixed_points(self, n: int, generator: torch.Generator | None = None,
+                            in_mask: bool = True) -> torch.Tensor:
+        """n points per batch item, uniform over the fixed domain (or its mask), frame coords."""
+        if self._mask_index is None or not in_mask:
+            u = torch.rand(self.batch, n, self.ndim, generator=generator, device="cpu")
+            return (2.0 * u - 1.0).to(self.device)
+        return self._in_mask(self._mask_index, self.fixed_grid, n, generator).to(self.device)
 
     def sample_moving_points(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n points per batch item, uniform over the moving domain, in frame coords."""
-        u = torch.rand(self.batch, n, self.ndim, generator=generator, device="cpu")
-        return apply_affine_torch(self.moving_to_frame, (2.0 * u - 1.0).to(self.device))
+        """n points per batch item, uniform over the moving domain (or its mask), in frame
+        coords."""
+        if self._moving_index is None:
+            u = 2.0 * torch.rand(self.batch, n, self.ndim, generator=generator, device="cpu") - 1.0
+        else:
+            u = self._in_mask(self._moving_index, self.moving_grid, n, generator)
+        return apply_affine_torch(self.moving_to_frame, u.to(self.device))

@@ -37,17 +37,23 @@ def nephi_terms(fields: NephiFields, latent: Latent, pair: PairTensors, loss_cfg
     result also holds their unweighted parts as diagnostics (``sim_ab/ncc``, ...).
     """
     weights = {"ncc": 1.0} if similarity is None else similarity
+    both = pair.moving_mask is not None  # with a moving mask: only where both masks hold
     x = pair.sample_fixed_points(points, generator)
     terms = similarity_terms("sim_ab", pair.moving_at, pair.fixed_at,
-                             lambda p: fields.phi_ab(p, latent), x, weights, offsets)
+                             lambda p: fields.phi_ab(p, latent), x, weights, offsets,
+                             source_mask_at=pair.moving_mask_at if both else None)
 
-    if pair.fixed_mask is not None:
+    if both:
+        y = pair.sample_moving_points(points, generator)
+    elif pair.fixed_mask is not None:
         with torch.no_grad():
             y = fields.phi_ab(pair.sample_fixed_points(points, generator), latent)
     else:
         y = pair.sample_moving_points(points, generator)
     terms.update(similarity_terms("sim_ba", pair.fixed_at, pair.moving_at,
-                                  lambda p: fields.phi_ba(p, latent), y, weights, offsets))
+                                  lambda p: fields.phi_ba(p, latent), y, weights, offsets,
+                                  source_mask_at=pair.fixed_mask_at
+                                  if both and pair.fixed_mask is not None else None))
 
     r = pair.sample_fixed_points(reg_points, generator, in_mask=False)
     jac = jacobian(Composition(fields.map_ab(latent), fields.map_ba(latent)), r,

@@ -2,8 +2,8 @@
 
 Each returns a tensor; diagnostics carry units. All point-based: values are sampled at random
 points, the mean over the batch is returned. Similarity (one place for all modes): global NCC
-(:func:`ncc_similarity`), windowed local NCC (:func:`lncc_similarity`) and MSE
-(:func:`mse_similarity`), combined by :func:`similarity_terms` from config weights.
+(:func:`ncc_similarity`), windowed local NCC (:func:`lncc_similarity`), MSE
+(:func:`mse_similarity`) and Parzen-window mutual information (:func:`mi_similarity`), combined by :func:`similarity_terms` from config weights.
 """
 
 from __future__ import annotations
@@ -49,7 +49,42 @@ def mse_similarity(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((warped - target) ** 2).mean()
 
 
-SIMILARITIES = {"ncc": "1-NCC^2", "lncc": "1-LNCC^2", "mse": "intensity^2"}
+def mi_similarity(warped: torch.Tensor, target: torch.Tensor, bins: int = 32) -> torch.Tensor:
+    """Mutual information of samples (B, N) from Parzen-window histograms (Mattes et al. 2003:
+    MI estimated on sampled points, each sample spread over ``bins`` bins), as the loss
+    ``1 - 2 MI / (H(warped) + H(target))``: 0 when one image's intensities determine the
+    other's, 1 when they are independent (unitless; MI and entropies in nats).
+
+    Both sample sets are scaled to [0, 1] by their own min and max (the images are normalized,
+    :mod:`nephi.io.intensity`, but the moving one is seen through the map); the Parzen kernel is
+    a Gaussian of one bin width, so the estimate is differentiable in the samples. For
+    multi-modal pairs (CT to MRI, T1 to T2) where intensities do not correspond linearly.
+    """
+    centres = torch.linspace(0.0, 1.0, bins, device=warped.device, dtype=warped.dtype)
+    width = 1.0 / (bins - 1)
+
+    def weights(v):
+        lo = v.detach().amin(dim=-1, keepdim=True)
+        hi = v.detach().amax(dim=-1, keepdim=True)
+        u = (v - lo) / (hi - lo).clamp(min=1e-8)
+        w = torch.exp(-0.5 * ((u.unsqueeze(-1) - centres) / width) ** 2)
+        return w / w.sum(dim=-1, keepdim=True)
+
+    wa, wb = weights(warped), weights(target)
+    joint = wa.transpose(-1, -2) @ wb / warped.shape[-1]
+    pa, pb = joint.sum(dim=-1), joint.sum(dim=-2)
+    tiny = 1e-12
+
+    def entropy(p):
+        return -(p * torch.log(p + tiny)).sum(dim=-1)
+
+    h_a, h_b = entropy(pa), entropy(pb)
+    mi = h_a + h_b - entropy(joint.flatten(-2))
+    return (1.0 - 2.0 * mi / (h_a + h_b + tiny)).mean()
+
+
+SIMILARITIES = {"ncc": "1-NCC^2", "lncc": "1-LNCC^2", "mse": "intensity^2",
+                "mi": "1-2MI/(H_A+H_B)"}
 """Similarity terms by name -> unit. The config holds their weights, e.g.
 ``similarity: {ncc: 1.0, lncc: 0.0, mse: 0.0}``; see :func:`similarity_terms`."""
 
@@ -69,8 +104,13 @@ def stencil_offsets(window: int, grid_shape, dtype=torch.float32, device=None) -
     return torch.stack([a.reshape(-1) for a in axes], dim=-1) * unit
 
 
+MIN_MASKED_POINTS = 64
+"""Fewest points a source mask may leave; with fewer (masks that barely overlap yet) the
+similarity counts every point of the step."""
+
+
 def similarity_terms(name: str, source_at, target_at, phi, x: torch.Tensor, weights: dict,
-                     offsets: torch.Tensor | None = None) -> dict:
+                     offsets: torch.Tensor | None = None, source_mask_at=None) -> dict:
     """Weighted similarity of ``source_at(phi(x))`` and ``target_at(x)`` as named Terms.
 
     ``phi`` maps target-space points (B, N, d) to source-space points (forward similarity:
@@ -80,6 +120,11 @@ def similarity_terms(name: str, source_at, target_at, phi, x: torch.Tensor, weig
     (:func:`stencil_offsets`): the local-NCC stencil, applied around x in the target and around
     phi(x) in the source (phi is evaluated once per point and treated as a translation over the
     window, so a window costs K image samples, not K network evaluations).
+
+    ``source_mask_at``: optional map from source-space points (B, N, d) to (B, N) bool (batch
+    of one): points that ``phi`` carries outside the source image's mask are left out, so the
+    similarity counts only where both masks hold (unless fewer than :data:`MIN_MASKED_POINTS`
+    remain).
 
     Returns ``{name: Term(sum_k w_k s_k, 1, unit)}``; when several terms are active also
     ``{name/k: Term(s_k detached, 0, unit)}`` (diagnostics, not part of :func:`total`).
@@ -91,13 +136,19 @@ def similarity_terms(name: str, source_at, target_at, phi, x: torch.Tensor, weig
     if not active:
         raise ValueError("every similarity weight is 0: give at least one a non-zero weight")
     y = phi(x)
+    if source_mask_at is not None:
+        if x.shape[0] != 1:
+            raise ValueError("a source mask needs a batch of one pair")
+        keep = source_mask_at(y.detach())[0]
+        if int(keep.sum()) >= MIN_MASKED_POINTS:
+            x, y = x[:, keep], y[:, keep]
     parts = {}
-    if "ncc" in active or "mse" in active:
+    if active.keys() & {"ncc", "mse", "mi"}:
         warped, target = source_at(y), target_at(x)
-        if "ncc" in active:
-            parts["ncc"] = ncc_similarity(warped, target)
-        if "mse" in active:
-            parts["mse"] = mse_similarity(warped, target)
+        for key, fn in (("ncc", ncc_similarity), ("mse", mse_similarity),
+                        ("mi", mi_similarity)):
+            if key in active:
+                parts[key] = fn(warped, target)
     if "lncc" in active:
         if offsets is None:
             raise ValueError("the lncc similarity needs the stencil offsets")

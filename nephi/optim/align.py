@@ -31,6 +31,9 @@ from torch import nn
 
 from nephi.geometry.grid import Grid, apply_affine_torch
 from nephi.geometry.sampling import sample_image
+from nephi.errors import NephiInputError
+from nephi.objectives.similarity import (MIN_MASKED_POINTS, SIMILARITIES, lncc_similarity,
+                                         mi_similarity, mse_similarity, ncc_similarity)
 from nephi.optim.engine import converged
 from nephi.progress import Progress
 from nephi.transforms.affine import Affine
@@ -107,24 +110,47 @@ class _Parameters(nn.Module):
 
 
 def _loss(matrix: torch.Tensor, x_ras: torch.Tensor, fixed_values: torch.Tensor,
-          moving: torch.Tensor, ras_to_moving: torch.Tensor) -> torch.Tensor:
-    """1 - NCC^2 of fixed and moving intensities over the points mapped inside the moving image;
-    ``ras_to_moving`` (d+1, d+1): RAS mm -> the moving grid's normalized coordinates."""
-    yn = x_ras @ (ras_to_moving @ matrix)[:-1, :-1].T + (ras_to_moving @ matrix)[:-1, -1]
-    inside = (yn.abs() <= 1.0).all(dim=-1).to(torch.float64)
+          moving: torch.Tensor, ras_to_moving: torch.Tensor, similarity: str,
+          window: int = 1, moving_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``similarity`` loss (:mod:`nephi.objectives.similarity`) of fixed and moving
+    intensities over the points mapped inside the moving image; ``ras_to_moving`` (d+1, d+1):
+    RAS mm -> the moving grid's normalized coordinates. For ``lncc`` the points come in windows
+    of ``window`` consecutive samples, and only windows wholly inside count."""
+    lin = ras_to_moving @ matrix
+    yn = x_ras @ lin[:-1, :-1].T + lin[:-1, -1]
+    inside = (yn.abs() <= 1.0).all(dim=-1)
+    if moving_mask is not None:
+        grid = yn.detach().unsqueeze(0).to(moving_mask.dtype)
+        in_mask = inside & (sample_image(moving_mask, grid, mode="nearest",
+                                         padding="zeros")[0, 0] > 0.5)
+        if int(in_mask.sum()) >= MIN_MASKED_POINTS:
+            inside = in_mask
+    if int(inside.sum()) < MIN_MASKED_POINTS:
+        raise NephiInputError(f"alignment: only {int(inside.sum())} of {len(inside)} fixed "
+                              "points map into the moving image: the images do not overlap "
+                              "(check their orientation and origin, or --initial-transform)")
     m = sample_image(moving, yn.unsqueeze(0).to(moving.dtype))[0, 0].to(torch.float64)
-    w = inside / inside.sum().clamp(min=1.0)
-    a = fixed_values - (w * fixed_values).sum()
-    b = m - (w * m).sum()
-    cov = (w * a * b).sum()
-    return 1.0 - cov ** 2 / ((w * a * a).sum() * (w * b * b).sum() + 1e-12)
+    if similarity == "lncc":
+        keep = inside.reshape(-1, window).all(dim=-1)
+        return lncc_similarity(m.reshape(-1, window)[keep].unsqueeze(0),
+                               fixed_values.reshape(-1, window)[keep].unsqueeze(0))
+    return ALIGN_SIMILARITIES[similarity](m[inside].unsqueeze(0),
+                                          fixed_values[inside].unsqueeze(0))
+
+
+ALIGN_SIMILARITIES = {"ncc": ncc_similarity, "mi": mi_similarity, "mse": mse_similarity,
+                      "lncc": lncc_similarity}
+"""Similarities the alignment can use (``align.similarity``)."""
 
 
 def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: Grid,
           cfg: dict, fixed_mask: np.ndarray | None = None, start: Affine | None = None,
-          seed: int = 0, progress: bool = True) -> tuple:
+          seed: int = 0, progress: bool = True, lncc_window: int = 5,
+          moving_mask: np.ndarray | None = None) -> tuple:
     """Align ``moving`` to ``fixed`` (normalized intensities on their grids) -> (Affine, info).
 
+    ``fixed_mask`` (fixed grid) / ``moving_mask`` (moving grid): points are drawn in the first
+    and count only where they map into the second.
     ``cfg``: the ``align`` section of a pairwise config; ``start``: a transform to start from
     (it is refined; ``align.init`` then applies only when it is None). ``info`` holds, per
     stage, the steps taken per level and the final similarity, and the time.
@@ -148,12 +174,23 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
     gen = torch.Generator().manual_seed(int(seed))
     fixed_t = torch.as_tensor(fixed, dtype=torch.float32).reshape(1, 1, *fixed_grid.shape)
     moving_t = torch.as_tensor(moving, dtype=torch.float32).reshape(1, 1, *moving_grid.shape)
+    moving_mask_t = None
+    if moving_mask is not None:
+        moving_mask_t = torch.as_tensor(moving_mask, dtype=torch.float32)
+        moving_mask_t = moving_mask_t.reshape(1, 1, *moving_grid.shape)
     inside = np.argwhere(fixed_mask) if fixed_mask is not None else None
     centre = _fov_centre(fixed_grid)
     scale = float(np.mean(fixed_grid.normalized_mm_scale()))
     ras_to_moving = torch.as_tensor(moving_grid.ras_to_normalized, dtype=torch.float64)
     upper = torch.as_tensor(np.asarray(fixed_grid.shape) - 1.0)
     points, window, tolerance = int(cfg["points"]), int(cfg["window"]), float(cfg["tolerance"])
+    similarity = cfg["similarity"]
+    stencil = torch.zeros(1, d, dtype=torch.float64)
+    if similarity == "lncc":  # windows of lncc_window^d voxels, points / 16 of them
+        half = (lncc_window - 1) // 2
+        axis = torch.arange(-half, half + 1, dtype=torch.float64)
+        stencil = torch.stack(torch.meshgrid(*([axis] * d), indexing="ij"), -1).reshape(-1, d)
+        points = max(points // 16, 32)
     stages = ["rigid"] if mode == "rigid" else ["rigid", "affine"]
     moving_ratio = np.asarray(fixed_grid.spacing).mean() / np.asarray(moving_grid.spacing).mean()
     pyramid = [(_gaussian(fixed_t, float(sigma)), _gaussian(moving_t, float(sigma) * moving_ratio))
@@ -178,11 +215,14 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
                 else:
                     pick = torch.randint(len(inside), (points,), generator=gen)
                     index = torch.as_tensor(inside[pick.numpy()], dtype=torch.float64)
+                if similarity == "lncc":
+                    index = (index[:, None, :] + stencil).reshape(-1, d)
                 x_ras = apply_affine_torch(fixed_grid.affine, index)
                 xn = apply_affine_torch(fixed_grid.index_to_normalized, index)
                 fixed_values = sample_image(f_level, xn.unsqueeze(0).float())[0, 0].double()
                 optimizer.zero_grad(set_to_none=True)
-                loss = _loss(params.matrix(), x_ras, fixed_values, m_level, ras_to_moving)
+                loss = _loss(params.matrix(), x_ras, fixed_values, m_level, ras_to_moving,
+                             similarity, len(stencil), moving_mask_t)
                 loss.backward()
                 optimizer.step()
                 schedule.step()
@@ -196,6 +236,7 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
             record["loss"] = float(np.mean(history[-10:])) if history else None
         matrix = params.matrix().detach().numpy()
         info["stages"].append(record)
-    info["similarity"] = "1 - NCC^2 over the fixed points inside the moving image"
+    info["similarity"] = (f"{similarity} ({SIMILARITIES[similarity]}) over the fixed points "
+                          "inside the moving image")
     info["seconds"] = time.perf_counter() - t0
     return Affine(matrix), info

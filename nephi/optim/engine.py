@@ -89,6 +89,8 @@ def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
     start = time.perf_counter()
     tolerance, window = float(cfg["io"]["tolerance"]), int(cfg["io"]["window"])
     for stage in mode.stages():
+        if stage.steps == 0:  # a prediction kept as it is: no optimizer (importing one costs s)
+            continue
         optimizer = torch.optim.Adam(stage.groups)
         scheduler = learning_rate_schedule(optimizer, cfg["io"]["lr_schedule"], stage.steps)
         bar = Progress(stage.steps, f"IO {stage.label}", enabled=progress)

@@ -44,16 +44,17 @@ def pairwise_config(base: dict | None = None, config: str | None = None,
 
 def register(moving, fixed, mask=None, landmarks=None, moving_landmarks=None,
              config: str | None = None, overrides: dict | None = None, progress: bool = False,
-             **options) -> Result:
+             moving_mask=None, **options) -> Result:
     """Register ``moving`` (A) onto ``fixed`` (B) by instance optimization -> :class:`Result`.
 
-    ``mask``: fixed-image mask (path or bool array); ``landmarks`` / ``moving_landmarks``:
+    ``mask``: fixed-image mask (path or bool array); ``moving_mask``: moving-image mask (with
+    it, similarity counts only where both masks hold); ``landmarks`` / ``moving_landmarks``:
     corresponding points (CSV paths or (N, d) arrays, RAS mm), reported as landmark errors.
     ``config``, ``overrides``, ``options``: see :func:`pairwise_config`.
     """
     cfg = pairwise_config(None, config, overrides, **options)
     validate_pairwise(cfg, min_steps=1)
-    pair = LoadedPair(moving, fixed, mask, landmarks, moving_landmarks)
+    pair = LoadedPair(moving, fixed, mask, landmarks, moving_landmarks, moving_mask)
     return register_pair(pair, cfg, progress=progress)
 
 

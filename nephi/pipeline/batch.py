@@ -62,7 +62,7 @@ def run_pairs(pairs_csv: str, out_dir: str,
             continue
         try:
             pair = LoadedPair(row["moving"], row["fixed"], row["fixed_mask"], row["fixed_points"],
-                              row["moving_points"])
+                              row["moving_points"], row["moving_mask"])
             summary = register_one(pair, row, folder)
         except NephiInputError as exc:
             counts["failed"] += 1

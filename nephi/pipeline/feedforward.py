@@ -26,12 +26,14 @@ from nephi.config.loader import load_defaults
 from nephi.config.options import io_steps
 from nephi.data.preprocess import PrepConfig, preprocess_pair
 from nephi.errors import NephiInputError
+from nephi.geometry.grid import Grid
 from nephi.geometry.pair import PairTensors
 from nephi.io.atomic import check_output_dir
+from nephi.io.images import Image
 from nephi.models.encoder import RegistrationNet
 from nephi.pipeline.batch import run_pairs
 from nephi.pipeline.inputs import LoadedPair, as_mask, select_device
-from nephi.pipeline.pairwise import register_pair, save_result
+from nephi.pipeline.pairwise import global_alignment, register_pair, save_result
 from nephi.results.result import Result
 
 
@@ -77,7 +79,8 @@ def base_config(model: LoadedModel) -> dict:
     cfg["latent"]["sigma"] = tc["latent"]["sigma"]
     cfg["intensity"] = dict(model.prep.intensity)
     cfg["optim"]["steps"] = 0
-    cfg["align"]["mode"] = "none"  # the network was trained on pairs as they come
+    cfg["align"]["mode"] = "none"  # the network was trained on pairs as they come: no
+    # alignment unless asked for (--align rigid|affine runs it in front of the encoder)
     return cfg
 
 
@@ -90,16 +93,23 @@ def predict(model: LoadedModel, pair: LoadedPair, cfg: dict, io_params: str = "l
     """
     if io_params not in ("latent", "all"):
         raise NephiInputError(f"--io-params: {io_params!r} is not one of latent, all")
-    if cfg["align"]["mode"] != "none" or cfg["align"]["only"]:
-        raise NephiInputError("--align / --align-only: global alignment in front of a trained "
-                              "network is not available yet; use --align none with --checkpoint")
+    if cfg["align"]["only"]:
+        raise NephiInputError("--align-only: a pure linear registration needs no trained "
+                              "network; leave out --checkpoint")
     if model.prep.apply_mask and (pair.mask is None or moving_mask is None):
         raise NephiInputError(f"checkpoint {model.path}: the network was trained on masked "
                               "images; give the fixed and the moving mask (--mask and "
                               "--moving-mask, or the CSV columns fixed_mask and moving_mask)")
     device = select_device(cfg["device"])
+    aligned, moving = None, pair.moving
+    if cfg["align"]["mode"] != "none":
+        # the encoder sees the moving image through the affine A: an image whose voxel i lies
+        # at A^-1(M i) samples as moving(A(x)) wherever the preprocessing resamples it
+        aligned = global_alignment(pair, cfg, None, progress)
+        moving = Image(pair.moving.data, Grid(pair.moving.grid.shape, np.linalg.inv(
+            aligned[0].matrix) @ pair.moving.grid.affine), pair.moving.path)
     t0 = time.perf_counter()
-    prepared = preprocess_pair(pair.moving, pair.fixed, model.prep, moving_mask=moving_mask,
+    prepared = preprocess_pair(moving, pair.fixed, model.prep, moving_mask=moving_mask,
                                fixed_mask=pair.mask)
     grid = prepared.grid
     moving = torch.as_tensor(prepared.moving, device=device).reshape(1, 1, *grid.shape)
@@ -134,7 +144,7 @@ def predict(model: LoadedModel, pair: LoadedPair, cfg: dict, io_params: str = "l
     frame_to_net = pair.fixed.grid.frame_to(grid)
     return register_pair(pair, cfg, progress=progress, init=(net.fields, latent),
                          io_params=io_params, extra_summary=extra,
-                         network_view=(tensors, frame_to_net))
+                         network_view=(tensors, frame_to_net), aligned=aligned)
 
 
 def register_with_model(model: LoadedModel, pair: LoadedPair, out_dir: str, cfg: dict,

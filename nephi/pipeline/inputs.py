@@ -52,10 +52,12 @@ class LoadedPair:
     ``moving``, ``fixed``: paths, nibabel images, ``(array, affine)`` pairs or
     :class:`~nephi.io.images.Image`; ``mask``: fixed-image mask (a path, or a bool array on the
     fixed grid); ``landmarks``: fixed-space points (a CSV path with header x,y[,z] in RAS mm, or
-    an (N, d) array); ``moving_landmarks``: the corresponding moving points (same forms).
+    an (N, d) array); ``moving_landmarks``: the corresponding moving points (same forms);
+    ``moving_mask``: moving-image mask (path or bool array on the moving grid).
     """
 
-    def __init__(self, moving, fixed, mask=None, landmarks=None, moving_landmarks=None):
+    def __init__(self, moving, fixed, mask=None, landmarks=None, moving_landmarks=None,
+                 moving_mask=None):
         self.moving: Image = as_image(moving, what="moving image")
         self.fixed: Image = as_image(fixed, what="fixed image")
         self.mask_path = _abspath(mask)
@@ -65,6 +67,8 @@ class LoadedPair:
             raise NephiInputError(f"moving image {self.moving.path} is {self.moving.ndim}-D but "
                                   f"fixed image {self.fixed.path} is {self.fixed.ndim}-D")
         self.mask = as_mask(mask, self.fixed.grid, "mask")
+        self.moving_mask_path = _abspath(moving_mask)
+        self.moving_mask = as_mask(moving_mask, self.moving.grid, "moving mask")
         d = self.fixed.ndim
         self.landmarks = self._points(landmarks, d, "landmarks")
         self.moving_landmarks = self._points(moving_landmarks, d, "moving landmarks")

@@ -56,11 +56,12 @@ def pair_tensors(pair: LoadedPair, cfg: dict, device,
     def prep(img):
         return torch.as_tensor(_normalized(img, cfg), device=device).reshape(1, 1, *img.grid.shape)
 
-    mask = None
-    if pair.mask is not None:
-        mask = torch.as_tensor(pair.mask, device=device).unsqueeze(0)
-    return PairTensors(prep(pair.fixed), prep(pair.moving), pair.fixed.grid, pair.moving.grid, mask,
-                       pre_affine=None if pre_affine is None else pre_affine.matrix)
+    def mask(values):
+        return None if values is None else torch.as_tensor(values, device=device).unsqueeze(0)
+
+    return PairTensors(prep(pair.fixed), prep(pair.moving), pair.fixed.grid, pair.moving.grid,
+                       mask(pair.mask), pre_affine=None if pre_affine is None else pre_affine.matrix,
+                       moving_mask=mask(pair.moving_mask))
 
 
 def global_alignment(pair: LoadedPair, cfg: dict, initial: Affine | None = None,
@@ -72,7 +73,9 @@ def global_alignment(pair: LoadedPair, cfg: dict, initial: Affine | None = None,
         return None, None
     return align(_normalized(pair.fixed, cfg), pair.fixed.grid, _normalized(pair.moving, cfg),
                  pair.moving.grid, cfg["align"], fixed_mask=pair.mask, start=initial,
-                 seed=int(cfg["seed"]), progress=progress)
+                 moving_mask=pair.moving_mask,
+                 seed=int(cfg["seed"]), progress=progress,
+                 lncc_window=int(cfg["io"]["lncc_window"]))
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
@@ -104,6 +107,7 @@ def _summary(pair: LoadedPair, dense: DenseFields, io: IOResult, device) -> dict
         "moving": os.path.abspath(pair.moving.path) if pair.moving.path else None,
         "fixed": os.path.abspath(pair.fixed.path) if pair.fixed.path else None,
         "mask": pair.mask_path,
+        "moving_mask": pair.moving_mask_path,
         "landmarks": pair.landmarks_path,
         "moving_landmarks": pair.moving_landmarks_path,
         "ncc_region": "mask" if region is not None else "fixed image",
@@ -128,7 +132,8 @@ def _summary(pair: LoadedPair, dense: DenseFields, io: IOResult, device) -> dict
 
 def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tuple | None = None,
                   io_params: str = "all", network_view: tuple | None = None,
-                  extra_summary: dict | None = None, initial: Affine | None = None) -> Result:
+                  extra_summary: dict | None = None, initial: Affine | None = None,
+                  aligned: tuple | None = None) -> Result:
     """Register ``pair`` with the IO mode ``cfg['io']['mode']`` -> an in-memory Result.
 
     ``cfg``: a resolved pairwise config (validated here). ``init``: optional (fields, latent) to
@@ -141,14 +146,15 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
     alignment from (pairwise runs without ``init``: a given start map is the whole map). With
     an alignment the maps are phi_AB = A o phi and phi_BA = phi^-1 o A^-1 (A the affine, phi
     what IO optimized on the aligned pair); the moving image is sampled once, through the whole
-    map.
+    map. ``aligned``: an alignment (Affine, info) already made (a network's view of the pair was
+    built through it); it is composed the same way.
     """
     validate_pairwise(cfg)
     t0 = time.perf_counter()
     device = select_device(cfg["device"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    affine, align_info = None, None
+    affine, align_info = aligned if aligned is not None else (None, None)
     if network_view is None:
         if init is None:  # a given start map (init) is the whole map: no alignment before it
             affine, align_info = global_alignment(pair, cfg, initial, progress)

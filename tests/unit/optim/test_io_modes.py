@@ -18,7 +18,7 @@ from nephi.models.coordinate import ACTIVATIONS, CoordinateNet, CoordinateNetCon
 from nephi.optim.modes import build_mode, initial_state
 from nephi.optim.refinements import fixed_point_inverse
 from nephi.transforms.dense import tabulate
-from nephi.objectives.similarity import lncc_similarity, mse_similarity, ncc_similarity, similarity_terms, stencil_offsets
+from nephi.objectives.similarity import lncc_similarity, mi_similarity, mse_similarity, ncc_similarity, similarity_terms, stencil_offsets
 from nephi.optim.engine import instance_optimize
 from nephi.geometry.pair import PairTensors
 from nephi.pipeline.pairwise import LoadedPair, pair_tensors, register
@@ -99,6 +99,24 @@ def test_local_ncc_and_mse_closed_forms():
     x = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
     assert float(mse_similarity(x, x + 0.5)) == pytest.approx(0.25)
     assert float(mse_similarity(x, torch.zeros_like(x))) == pytest.approx(3.5)
+
+
+def test_mutual_information_sees_any_functional_relation():
+    """MI loss: an intensity-inverted copy scores as the copy itself (the Parzen kernel of one
+    bin sets that floor, about 0.5 at 32 bins), a squared copy (which NCC^2 misses) close to it,
+    independent samples near 1; differentiable in the samples."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(1, 20000, generator=gen, dtype=torch.float64)
+    same = float(mi_similarity(a, a))
+    assert same < 0.6
+    assert float(mi_similarity(1.0 - a, a)) == pytest.approx(same, abs=0.01)
+    assert float(mi_similarity((2 * a - 1) ** 2, a)) < same + 0.15
+    assert float(ncc_similarity((2 * a - 1) ** 2, a)) > 0.95
+    noise = torch.rand(1, 20000, generator=gen, dtype=torch.float64)
+    assert float(mi_similarity(noise, a)) > 0.95
+    b = (0.5 * a + 0.5 * noise).requires_grad_()
+    mi_similarity(b, a).backward()
+    assert torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0
 
 
 def test_stencil_offsets():
@@ -489,3 +507,43 @@ def test_cosine_schedule_decays_to_zero_and_constant_stays():
         assert opt.param_groups[0]["lr"] == pytest.approx(last, abs=1e-12)
         if kind == "cosine":
             assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
+def test_moving_mask_draws_backward_points_and_limits_the_similarity(shifted, tmp_path):
+    """A moving mask: backward points lie in it; points that phi_AB carries outside it leave
+    the forward similarity; a pairwise run with --moving-mask still recovers the shift."""
+    pair = load(shifted)
+    box = np.zeros(pair.moving.grid.shape, dtype=bool)
+    box[4:16, 4:16, 4:16] = True
+    save_nifti(tmp_path / "moving_mask.nii.gz", box.astype(np.float32), pair.moving.grid)
+    loaded = LoadedPair(str(shifted / "moving.nii.gz"), str(shifted / "fixed.nii.gz"),
+                        moving_mask=str(tmp_path / "moving_mask.nii.gz"))
+    tensors = pair_tensors(loaded, config("nephi"), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    y = tensors.sample_moving_points(500, gen)
+    assert bool(tensors.moving_mask_at(y).all())
+    x = 2 * torch.rand(1, 500, 3, generator=gen) - 1
+    seen = []
+    similarity_terms("s", lambda p: seen.append(p) or tensors.moving_at(p), tensors.fixed_at,
+                     lambda p: p, x, {"ncc": 1.0}, source_mask_at=tensors.moving_mask_at)
+    inside = int(tensors.moving_mask_at(x).sum())
+    assert seen[0].shape[1] == inside < 500
+
+    summary = register(loaded, str(tmp_path / "out"), config("nephi"), progress=False)
+    assert summary["moving_mask"] == str(tmp_path / "moving_mask.nii.gz")
+    disp = np.median(centre(warp_lps(tmp_path / "out" / "warp.nii.gz")), axis=0)
+    assert np.linalg.norm(disp - SHIFT_MM * np.array([-1.0, -1.0, 1.0])) < 0.25 * SPACING
+
+
+def test_alignment_without_overlap_is_one_line_error(shifted, tmp_path, capsys):
+    from helpers_results import assert_input_error
+    from nephi.cli.infer import main
+
+    img = nib.load(str(shifted / "moving.nii.gz"))
+    far = img.affine.copy()
+    far[:3, 3] += 5000.0
+    nib.save(nib.Nifti1Image(img.get_fdata().astype(np.float32), far), str(tmp_path / "far.nii.gz"))
+    assert_input_error(main, ["--pair", str(tmp_path / "far.nii.gz"), str(shifted / "fixed.nii.gz"),
+                              "--out", str(tmp_path / "out"), "--set", "align.init=none",
+                              "--no-progress", "--device", "cpu"], capsys, "do not overlap")
+    assert not (tmp_path / "out").exists()
