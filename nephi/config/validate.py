@@ -112,6 +112,15 @@ def validate_io(cfg: dict) -> None:
         _fail("io.lncc_window", str(exc))
     _one_of("io.regularizer_space", io["regularizer_space"], REGULARIZER_SPACES)
     _one_of("io.lr_schedule", io["lr_schedule"], ("constant", "cosine"))
+    if not isinstance(io["pyramid"], list):
+        _fail("io.pyramid", f"must be a list of {{sigma, fraction}} levels, got {io['pyramid']!r}")
+    for k, level in enumerate(io["pyramid"]):
+        if not isinstance(level, dict) or set(level) != {"sigma", "fraction"}:
+            _fail(f"io.pyramid[{k}]", f"must be {{sigma: S, fraction: F}}, got {level!r}")
+        _check_positive(f"io.pyramid[{k}].sigma", level["sigma"], zero=True)
+        _check_positive(f"io.pyramid[{k}].fraction", level["fraction"])
+    if io["pyramid"] and io["mode"] != "nephi":
+        _fail("io.pyramid", f"is for the nephi mode; io.mode is {io['mode']!r}")
     for name in HYPERELASTIC_DEFAULTS:
         _check_positive(f"io.hyperelastic.{name}", io["hyperelastic"][name], zero=True)
     _check_positive("io.det_margin", io["det_margin"], zero=True)

@@ -7,11 +7,13 @@ coordinates, so the two images may differ in shape, spacing and orientation.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
 from nephi.geometry.grid import Grid, apply_affine_torch
-from nephi.geometry.sampling import sample_image
+from nephi.geometry.sampling import gaussian_smooth, sample_image
 
 
 class PairTensors:
@@ -46,6 +48,17 @@ class PairTensors:
             self._mask_index = [torch.nonzero(m.reshape(-1)).squeeze(1) for m in fixed_mask]
         if moving_mask is not None:
             self._moving_index = [torch.nonzero(m.reshape(-1)).squeeze(1) for m in moving_mask]
+
+    def smoothed(self, sigma: float) -> "PairTensors":
+        """The same pair with both images smoothed by a Gaussian of ``sigma`` fixed-image voxels
+        (the moving image by the same width in mm); masks and geometry unchanged."""
+        if sigma <= 0:
+            return self
+        ratio = float(np.mean(self.fixed_grid.spacing) / np.mean(self.moving_grid.spacing))
+        out = copy.copy(self)
+        out.fixed = torch.cat([gaussian_smooth(f[None], sigma) for f in self.fixed])
+        out.moving = torch.cat([gaussian_smooth(m[None], sigma * ratio) for m in self.moving])
+        return out
 
     @property
     def batch(self) -> int:

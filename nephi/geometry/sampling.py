@@ -15,6 +15,7 @@ sampled grid.
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -101,3 +102,23 @@ def interpolate_linear_with_grad(values: torch.Tensor, points: torch.Tensor) -> 
     dweight = dweight * dfrac.unsqueeze(2)
     return (torch.einsum("bcnk,bnk->bnc", gathered, weight),
             torch.einsum("bcnk,bnkd->bndc", gathered, dweight))
+
+
+def gaussian_smooth(volume: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of (1, 1, *S) by ``sigma`` voxels along every axis."""
+    if sigma <= 0:
+        return volume
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=volume.dtype, device=volume.device)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    d = volume.dim() - 2
+    conv = F.conv3d if d == 3 else F.conv2d
+    out = volume
+    for axis in range(d):
+        shape = [1, 1] + [1] * d
+        shape[2 + axis] = kernel.numel()
+        pad = [0, 0] * d
+        pad[2 * (d - 1 - axis)] = pad[2 * (d - 1 - axis) + 1] = radius
+        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape))
+    return out

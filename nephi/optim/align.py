@@ -20,17 +20,15 @@ identity (or at the transform given, e.g. ``--initial-transform``).
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
 
 from nephi.geometry.grid import Grid, apply_affine_torch
-from nephi.geometry.sampling import sample_image
+from nephi.geometry.sampling import gaussian_smooth, sample_image
 from nephi.errors import NephiInputError
 from nephi.objectives.similarity import (MIN_MASKED_POINTS, SIMILARITIES, lncc_similarity,
                                          mi_similarity, mse_similarity, ncc_similarity)
@@ -40,26 +38,6 @@ from nephi.transforms.affine import Affine
 
 
 __all__ = ["align"]
-
-
-def _gaussian(volume: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of (1, 1, *S) by ``sigma`` voxels along every axis."""
-    if sigma <= 0:
-        return volume
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=volume.dtype, device=volume.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    d = volume.dim() - 2
-    conv = F.conv3d if d == 3 else F.conv2d
-    out = volume
-    for axis in range(d):
-        shape = [1, 1] + [1] * d
-        shape[2 + axis] = kernel.numel()
-        pad = [0, 0] * d
-        pad[2 * (d - 1 - axis)] = pad[2 * (d - 1 - axis) + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape))
-    return out
 
 
 def _fov_centre(grid: Grid) -> np.ndarray:
@@ -193,7 +171,7 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
         points = max(points // 16, 32)
     stages = ["rigid"] if mode == "rigid" else ["rigid", "affine"]
     moving_ratio = np.asarray(fixed_grid.spacing).mean() / np.asarray(moving_grid.spacing).mean()
-    pyramid = [(_gaussian(fixed_t, float(sigma)), _gaussian(moving_t, float(sigma) * moving_ratio))
+    pyramid = [(gaussian_smooth(fixed_t, float(sigma)), gaussian_smooth(moving_t, float(sigma) * moving_ratio))
                for sigma in cfg["sigmas"]]
     for stage in stages:
         params = _Parameters(d, matrix, centre, scale)

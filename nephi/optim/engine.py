@@ -97,7 +97,7 @@ def instance_optimize(pair: PairTensors, cfg: dict, init: tuple | None = None,
         losses = []
         for step in range(stage.steps):
             optimizer.zero_grad(set_to_none=True)
-            terms = mode.terms(pair, generator)
+            terms = mode.terms(pair if stage.pair is None else stage.pair, generator)
             loss = total(terms)
             loss.backward()
             optimizer.step()

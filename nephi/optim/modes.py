@@ -85,6 +85,7 @@ class Stage:
     steps: int
     index: int = 0
     count: int = 1
+    pair: PairTensors | None = None  # the pair this stage sees (a pyramid level), if not the given
 
 
 class IOMode(Protocol):
@@ -181,6 +182,7 @@ class NephiMode(IOMode):
         if io_params not in ("all", "latent"):
             raise ValueError(f"params must be 'all' or 'latent', got {io_params!r}")
         self.cfg, self.io_params, self.given = cfg, io_params, init is not None
+        self.pair = pair
         fields, latent = init if init is not None else initial_state(cfg, pair.ndim, pair.device)
         self.fields = copy.deepcopy(fields).set_precision(
             resolve_precision(cfg["precision"], pair.device))
@@ -198,15 +200,28 @@ class NephiMode(IOMode):
         return float(auto if value is None else value)
 
     def stages(self) -> Iterator[Stage]:
+        """One stage, or one per level of ``io.pyramid`` (coarse to fine, each its own Adam)."""
         opt = self.cfg["optim"]
-        groups = [{"params": [self.latent.global_, self.latent.local],
-                   "lr": self.learning_rate("latent_lr")}]
-        if self.io_params == "all":
-            groups.append({"params": list(self.fields.parameters()),
-                           "lr": self.learning_rate("lr")})
-        else:
+
+        def groups():
+            out = [{"params": [self.latent.global_, self.latent.local],
+                    "lr": self.learning_rate("latent_lr")}]
+            if self.io_params == "all":
+                out.append({"params": list(self.fields.parameters()),
+                            "lr": self.learning_rate("lr")})
+            return out
+
+        if self.io_params != "all":
             self.fields.requires_grad_(False)
-        yield Stage("nephi", groups, int(opt["steps"]))
+        levels = self.cfg["io"]["pyramid"]
+        if not levels:
+            yield Stage("nephi", groups(), int(opt["steps"]))
+            return
+        total = int(opt["steps"])
+        for k, level in enumerate(levels):
+            steps = int(round(total * float(level["fraction"])))
+            yield Stage(f"nephi level {k + 1}/{len(levels)}", groups(), steps, k, len(levels),
+                        pair=self.pair.smoothed(float(level["sigma"])))
 
     def phi_ab(self, x: torch.Tensor) -> torch.Tensor:
         return self.fields.phi_ab(x, self.latent)

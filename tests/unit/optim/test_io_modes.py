@@ -547,3 +547,24 @@ def test_alignment_without_overlap_is_one_line_error(shifted, tmp_path, capsys):
                               "--out", str(tmp_path / "out"), "--set", "align.init=none",
                               "--no-progress", "--device", "cpu"], capsys, "do not overlap")
     assert not (tmp_path / "out").exists()
+
+
+def test_coarse_to_fine_levels_run_in_order_and_recover_the_shift(shifted, tmp_path):
+    """io.pyramid: one stage per level on smoothed images (fraction x optim.steps steps each);
+    the history counts them per stage and the result still recovers the shift. A pyramid with
+    another mode, or a level without its keys, is refused naming the key."""
+    levels = [{"sigma": 2.0, "fraction": 0.5}, {"sigma": 0.0, "fraction": 0.5}]
+    cfg = config("nephi", io={"pyramid": levels})
+    summary = register(load(shifted), str(tmp_path / "out"), cfg, progress=False)
+    assert summary["io_steps"] == 60
+    disp = np.median(centre(warp_lps(tmp_path / "out" / "warp.nii.gz")), axis=0)
+    assert np.linalg.norm(disp - SHIFT_MM * np.array([-1.0, -1.0, 1.0])) < 0.25 * SPACING
+    pair = pair_tensors(load(shifted), cfg, torch.device("cpu"))
+    blurred = pair.smoothed(2.0)
+    assert blurred.fixed.std() < pair.fixed.std() and blurred.fixed.shape == pair.fixed.shape
+    stages = list(build_mode(cfg, pair).stages())
+    assert [s.steps for s in stages] == [30, 30] and stages[1].pair is pair
+    with pytest.raises(NephiInputError, match="io.pyramid"):
+        validate_pairwise(config("inr", io={"pyramid": levels}))
+    with pytest.raises(NephiInputError, match=r"io.pyramid\[0\]"):
+        validate_pairwise(config("nephi", io={"pyramid": [{"sigma": 1.0}]}))
