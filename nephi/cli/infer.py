@@ -12,6 +12,8 @@ from nephi.config.validate import validate_pairwise
 from nephi.errors import NephiInputError
 from nephi.io.atomic import check_output_dir
 from nephi.io.itk_affine import read_affine
+from nephi.models.fields import PRECISIONS
+from nephi.objectives.similarity import SIMILARITIES
 from nephi.pipeline import feedforward, pairwise
 from nephi.pipeline.feedforward import base_config, load_model, register_with_model
 from nephi.pipeline.inputs import LoadedPair, select_device
@@ -64,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "the field networks; inr, velocity: the coordinate network)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
-    p.add_argument("--similarity", choices=["ncc", "lncc", "mi", "mse"],
+    p.add_argument("--similarity", choices=sorted(SIMILARITIES),
                    help="one similarity for every stage, alignment and IO (default ncc; mi: "
                         "Parzen mutual information, for multi-modal pairs)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", choices=["auto", *PRECISIONS],
                    help="field networks' hidden layers in bfloat16 or float32 (default auto: "
                         "bf16 on CUDA and on CPUs with AVX-512 BF16 / AMX)")
     p.add_argument("--config", metavar="YAML", help="config file overriding the defaults")

@@ -18,6 +18,7 @@ from nephi.config.loader import get
 from nephi.config.options import mode_section
 from nephi.errors import NephiInputError
 from nephi.models.coordinate import CoordinateNetConfig
+from nephi.models.fields import PRECISIONS
 from nephi.objectives.regularizers import HYPERELASTIC_DEFAULTS, REGULARIZERS
 from nephi.objectives.similarity import SIMILARITIES, stencil_offsets
 from nephi.transforms.jacobian import METHODS as DERIVATIVE_METHODS
@@ -38,7 +39,7 @@ DATA_BUILDS = ("none", "synthetic-lung", "triangles-circles")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
 ALIGN_MODES = ("none", "rigid", "affine")
-PRECISIONS = ("auto", "fp32", "bf16")
+
 ALIGN_INITS = ("com", "geometry", "none")
 
 
@@ -209,7 +210,7 @@ def validate_pairwise(cfg: dict, option_names: dict | None = None, min_steps: in
         raise NephiInputError(f"{names.get(steps_key, f'config key {steps_key}')}: must be an "
                               f"integer >= {min_steps}, got {steps!r}{why}")
     validate_align(cfg, names)
-    _one_of("precision", cfg["precision"], PRECISIONS, names.get("precision"))
+    _one_of("precision", cfg["precision"], ("auto", *PRECISIONS), names.get("precision"))
     section = mode_section(mode)
     require_positive(cfg, [f"{section}.points", f"{section}.reg_points"], names)
     require_positive(cfg, [f"{section}.lr"], names, allow_null=mode == "nephi")

@@ -80,22 +80,23 @@ class PairTensors:
         """Moving intensities at frame points (B, N, d) -> (B, N), sampled via physical space."""
         return sample_image(self.moving, apply_affine_torch(self.frame_to_moving, x))[:, 0]
 
-    def fixed_mask_at(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Whether frame points (B, N, d) lie in the fixed mask (nearest voxel) -> (B, N) bool,
-        or None without a fixed mask."""
-        if self.fixed_mask is None:
+    @staticmethod
+    def _mask_at(mask: torch.Tensor | None, points: torch.Tensor) -> torch.Tensor | None:
+        """Whether points (B, N, d) in ``mask``'s normalized coordinates lie in it (nearest
+        voxel) -> (B, N) bool; None without a mask."""
+        if mask is None:
             return None
-        mask = self.fixed_mask.unsqueeze(1).to(x.dtype)
-        return sample_image(mask, x, mode="nearest", padding="zeros")[:, 0] > 0.5
+        return sample_image(mask.unsqueeze(1).to(points.dtype), points, mode="nearest",
+                            padding="zeros")[:, 0] > 0.5
+
+    def fixed_mask_at(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Whether frame points (B, N, d) lie in the fixed mask -> (B, N) bool, or None."""
+        return self._mask_at(self.fixed_mask, x)
 
     def moving_mask_at(self, x: torch.Tensor) -> torch.Tensor | None:
         """Whether frame points (B, N, d), seen through the moving grid, lie in the moving mask
         -> (B, N) bool, or None without a moving mask."""
-        if self.moving_mask is None:
-            return None
-        mask = self.moving_mask.unsqueeze(1).to(x.dtype)
-        y = apply_affine_torch(self.frame_to_moving, x)
-        return sample_image(mask, y, mode="nearest", padding="zeros")[:, 0] > 0.5
+        return self._mask_at(self.moving_mask, apply_affine_torch(self.frame_to_moving, x))
 
     @staticmethod
     def _in_mask(index: list, grid: Grid, n: int, generator) -> torch.Tensor:

@@ -27,7 +27,7 @@ from torch import nn
 from nephi.geometry.sampling import interpolate_linear, interpolate_linear_with_grad
 
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "bf16")
 
 
 def _cpu_flags() -> set:

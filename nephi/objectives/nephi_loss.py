@@ -41,7 +41,7 @@ def nephi_terms(fields: NephiFields, latent: Latent, pair: PairTensors, loss_cfg
     x = pair.sample_fixed_points(points, generator)
     terms = similarity_terms("sim_ab", pair.moving_at, pair.fixed_at,
                              lambda p: fields.phi_ab(p, latent), x, weights, offsets,
-                             source_mask_at=pair.moving_mask_at if both else None)
+                             source_mask_at=pair.moving_mask_at)
 
     if both:
         y = pair.sample_moving_points(points, generator)
@@ -52,8 +52,7 @@ def nephi_terms(fields: NephiFields, latent: Latent, pair: PairTensors, loss_cfg
         y = pair.sample_moving_points(points, generator)
     terms.update(similarity_terms("sim_ba", pair.fixed_at, pair.moving_at,
                                   lambda p: fields.phi_ba(p, latent), y, weights, offsets,
-                                  source_mask_at=pair.fixed_mask_at
-                                  if both and pair.fixed_mask is not None else None))
+                                  source_mask_at=pair.fixed_mask_at if both else None))
 
     r = pair.sample_fixed_points(reg_points, generator, in_mask=False)
     jac = jacobian(Composition(fields.map_ab(latent), fields.map_ba(latent)), r,

@@ -52,8 +52,9 @@ def mse_similarity(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def mi_similarity(warped: torch.Tensor, target: torch.Tensor, bins: int = 32) -> torch.Tensor:
     """Mutual information of samples (B, N) from Parzen-window histograms (Mattes et al. 2003:
     MI estimated on sampled points, each sample spread over ``bins`` bins), as the loss
-    ``1 - 2 MI / (H(warped) + H(target))``: 0 when one image's intensities determine the
-    other's, 1 when they are independent (unitless; MI and entropies in nats).
+    ``1 - 2 MI / (H(warped) + H(target))``: 1 when the intensities are independent, lowest
+    when one image's intensities determine the other's (the Parzen kernel keeps that floor above
+    0, about 0.5 at 32 bins); unitless, MI and entropies in nats.
 
     Both sample sets are scaled to [0, 1] by their own min and max (the images are normalized,
     :mod:`nephi.io.intensity`, but the moving one is seen through the map); the Parzen kernel is
@@ -85,6 +86,9 @@ def mi_similarity(warped: torch.Tensor, target: torch.Tensor, bins: int = 32) ->
 
 SIMILARITIES = {"ncc": "1-NCC^2", "lncc": "1-LNCC^2", "mse": "intensity^2",
                 "mi": "1-2MI/(H_A+H_B)"}
+SIMILARITY_FUNCTIONS = {"ncc": ncc_similarity, "lncc": lncc_similarity, "mse": mse_similarity,
+                        "mi": mi_similarity}
+"""name -> loss of samples (B, N) (``lncc``: windows (B, P, K))."""
 """Similarity terms by name -> unit. The config holds their weights, e.g.
 ``similarity: {ncc: 1.0, lncc: 0.0, mse: 0.0}``; see :func:`similarity_terms`."""
 
@@ -121,8 +125,8 @@ def similarity_terms(name: str, source_at, target_at, phi, x: torch.Tensor, weig
     phi(x) in the source (phi is evaluated once per point and treated as a translation over the
     window, so a window costs K image samples, not K network evaluations).
 
-    ``source_mask_at``: optional map from source-space points (B, N, d) to (B, N) bool (batch
-    of one): points that ``phi`` carries outside the source image's mask are left out, so the
+    ``source_mask_at``: optional map from source-space points (B, N, d) to (B, N) bool, or to
+    None where there is no mask (batch of one): points that ``phi`` carries outside the source image's mask are left out, so the
     similarity counts only where both masks hold (unless fewer than :data:`MIN_MASKED_POINTS`
     remain).
 
@@ -136,19 +140,17 @@ def similarity_terms(name: str, source_at, target_at, phi, x: torch.Tensor, weig
     if not active:
         raise ValueError("every similarity weight is 0: give at least one a non-zero weight")
     y = phi(x)
-    if source_mask_at is not None:
+    keep = None if source_mask_at is None else source_mask_at(y.detach())
+    if keep is not None:
         if x.shape[0] != 1:
             raise ValueError("a source mask needs a batch of one pair")
-        keep = source_mask_at(y.detach())[0]
-        if int(keep.sum()) >= MIN_MASKED_POINTS:
-            x, y = x[:, keep], y[:, keep]
+        if int(keep[0].sum()) >= MIN_MASKED_POINTS:
+            x, y = x[:, keep[0]], y[:, keep[0]]
     parts = {}
     if active.keys() & {"ncc", "mse", "mi"}:
         warped, target = source_at(y), target_at(x)
-        for key, fn in (("ncc", ncc_similarity), ("mse", mse_similarity),
-                        ("mi", mi_similarity)):
-            if key in active:
-                parts[key] = fn(warped, target)
+        for key in active.keys() - {"lncc"}:
+            parts[key] = SIMILARITY_FUNCTIONS[key](warped, target)
     if "lncc" in active:
         if offsets is None:
             raise ValueError("the lncc similarity needs the stencil offsets")

@@ -30,8 +30,8 @@ from torch import nn
 from nephi.geometry.grid import Grid, apply_affine_torch
 from nephi.geometry.sampling import gaussian_smooth, sample_image
 from nephi.errors import NephiInputError
-from nephi.objectives.similarity import (MIN_MASKED_POINTS, SIMILARITIES, lncc_similarity,
-                                         mi_similarity, mse_similarity, ncc_similarity)
+from nephi.objectives.similarity import (MIN_MASKED_POINTS, SIMILARITIES, SIMILARITY_FUNCTIONS,
+                                         lncc_similarity)
 from nephi.optim.engine import converged
 from nephi.progress import Progress
 from nephi.transforms.affine import Affine
@@ -112,13 +112,8 @@ def _loss(matrix: torch.Tensor, x_ras: torch.Tensor, fixed_values: torch.Tensor,
         keep = inside.reshape(-1, window).all(dim=-1)
         return lncc_similarity(m.reshape(-1, window)[keep].unsqueeze(0),
                                fixed_values.reshape(-1, window)[keep].unsqueeze(0))
-    return ALIGN_SIMILARITIES[similarity](m[inside].unsqueeze(0),
-                                          fixed_values[inside].unsqueeze(0))
-
-
-ALIGN_SIMILARITIES = {"ncc": ncc_similarity, "mi": mi_similarity, "mse": mse_similarity,
-                      "lncc": lncc_similarity}
-"""Similarities the alignment can use (``align.similarity``)."""
+    return SIMILARITY_FUNCTIONS[similarity](m[inside].unsqueeze(0),
+                                            fixed_values[inside].unsqueeze(0))
 
 
 def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: Grid,

@@ -350,8 +350,7 @@ class RefinementMode(IOMode):
         x = pair.sample_fixed_points(int(sec["points"]), generator)
         terms = similarity_terms("sim_ab", pair.moving_at, pair.fixed_at, train_ab, x,
                                  self.cfg["io"]["similarity"], self.offsets,
-                                 source_mask_at=pair.moving_mask_at
-                                 if pair.moving_mask is not None else None)
+                                 source_mask_at=pair.moving_mask_at)
         if self.reg.weights:
             r = pair.sample_fixed_points(int(sec["reg_points"]), generator,
                                          in_mask=bool(sec["reg_in_mask"]))

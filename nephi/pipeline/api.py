@@ -20,7 +20,7 @@ from nephi.errors import NephiInputError
 from nephi.pipeline.feedforward import LoadedModel, base_config
 from nephi.pipeline.feedforward import load_model as _load_checkpoint
 from nephi.pipeline.feedforward import predict, register_pairs
-from nephi.pipeline.inputs import LoadedPair, as_mask
+from nephi.pipeline.inputs import LoadedPair
 from nephi.pipeline.pairwise import register_pair
 from nephi.results.result import Result
 
@@ -82,9 +82,8 @@ class Model:
         images; ``io_params``: what IO optimizes, ``latent`` codes or ``all``."""
         cfg = self.config(config, overrides, **options)
         validate_pairwise(cfg)
-        pair = LoadedPair(moving, fixed, mask, landmarks, moving_landmarks)
-        return predict(self.loaded, pair, cfg, io_params,
-                       as_mask(moving_mask, pair.moving.grid, "moving mask"), progress)
+        pair = LoadedPair(moving, fixed, mask, landmarks, moving_landmarks, moving_mask)
+        return predict(self.loaded, pair, cfg, io_params, pair.moving_mask, progress)
 
     def register_pairs(self, pairs_csv: str, out_dir: str, io_params: str = "latent",
                        config: str | None = None, overrides: dict | None = None,

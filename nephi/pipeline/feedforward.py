@@ -32,7 +32,7 @@ from nephi.io.atomic import check_output_dir
 from nephi.io.images import Image
 from nephi.models.encoder import RegistrationNet
 from nephi.pipeline.batch import run_pairs
-from nephi.pipeline.inputs import LoadedPair, as_mask, select_device
+from nephi.pipeline.inputs import LoadedPair, select_device
 from nephi.pipeline.pairwise import global_alignment, register_pair, save_result
 from nephi.results.result import Result
 
@@ -164,8 +164,7 @@ def register_pairs(model: LoadedModel, pairs_csv: str, out_dir: str, cfg: dict,
     :func:`nephi.pipeline.batch.run_pairs`: one folder per pair, resumable, summary.csv)."""
 
     def one(pair: LoadedPair, row: dict, folder: str) -> dict:
-        moving_mask = as_mask(row["moving_mask"], pair.moving.grid, "moving mask")
-        return register_with_model(model, pair, folder, cfg, io_params, moving_mask,
+        return register_with_model(model, pair, folder, cfg, io_params, pair.moving_mask,
                                    command=command, progress=progress)
 
     return run_pairs(pairs_csv, out_dir, one, log)
