@@ -104,6 +104,46 @@ def interpolate_linear_with_grad(values: torch.Tensor, points: torch.Tensor) -> 
             torch.einsum("bcnk,bnkd->bndc", gathered, dweight))
 
 
+def _axis_weights(n: int, g: int, dtype, device) -> torch.Tensor:
+    """(n, g) weights of 1-D linear interpolation (align_corners) of g values at n evenly spaced
+    points over [-1, 1]: row i holds the two weights of point -1 + 2 i / (n - 1)."""
+    pos = torch.linspace(0.0, g - 1.0, n, dtype=torch.float64)
+    base = pos.floor().clamp(max=max(g - 2, 0)).long()
+    frac = pos - base
+    weights = torch.zeros(n, g, dtype=torch.float64)
+    rows = torch.arange(n)
+    weights[rows, base] += 1.0 - frac
+    if g > 1:
+        weights[rows, (base + 1).clamp(max=g - 1)] += frac
+    return weights.to(dtype=dtype, device=device)
+
+
+class GridInterpolation:
+    """:func:`interpolate_linear` of ``values`` (1, C, *G) at the voxel centres of a regular grid
+    of ``shape`` over [-1, 1]^d (voxel i at -1 + 2 i / (N - 1), row-major order), computed by
+    separable products instead of corner gathers: the same numbers, several times faster.
+
+    ``rows(start, stop)`` -> (stop - start) * prod(shape[1:]) values (N, C) for the first-axis
+    slab [start, stop), so a large grid is filled slab by slab with bounded memory.
+    """
+
+    def __init__(self, values: torch.Tensor, shape):
+        if values.shape[0] != 1 or values.dim() != len(shape) + 2:
+            raise ValueError(f"values (1, C, *G) for a {len(shape)}-d grid, got {tuple(values.shape)}")
+        self.shape = tuple(int(n) for n in shape)
+        kw = {"dtype": values.dtype, "device": values.device}
+        weights = [_axis_weights(n, g, **kw) for n, g in zip(self.shape, values.shape[2:])]
+        partial = values[0]  # (C, G0, G1, ...): contract every axis but the first
+        for axis in range(1, len(self.shape)):
+            partial = (partial.movedim(axis + 1, -1) @ weights[axis].T).movedim(-1, axis + 1)
+        self.partial = partial  # (C, G0, N1, N2, ...)
+        self.first = weights[0]  # (N0, G0)
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        slab = torch.tensordot(self.first[start:stop], self.partial, dims=([1], [1]))
+        return slab.movedim(1, -1).reshape(-1, self.partial.shape[0])
+
+
 def gaussian_smooth(volume: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian smoothing of (1, 1, *S) by ``sigma`` voxels along every axis."""
     if sigma <= 0:

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nephi.geometry.sampling import interpolate_linear, interpolate_linear_with_grad
+from nephi.geometry.sampling import (GridInterpolation, interpolate_linear,
+                                     interpolate_linear_with_grad)
+from nephi.transforms.base import grid_points
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -231,6 +233,29 @@ class FieldMap:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.net(x, self.latent.global_, interpolate_linear(self.latent.local, x))
+
+    @torch.no_grad()
+    def on_grid(self, shape, chunk: int, device=None) -> torch.Tensor:
+        """phi at every voxel centre of a regular frame grid of ``shape`` (row-major) -> (M, d).
+
+        The values of calling the map on those points (:func:`nephi.transforms.base.on_grid`),
+        with the latent grid interpolated by separable products
+        (:class:`nephi.geometry.sampling.GridInterpolation`) instead of corner gathers; in
+        first-axis slabs of about ``chunk`` points, on the latent code's device. Batch 1 only.
+        """
+        if self.latent.local.shape[0] != 1:
+            raise ValueError("on_grid evaluates a single latent code (batch 1)")
+        z_local = GridInterpolation(self.latent.local, shape)
+        device = self.latent.local.device
+        plane = int(math.prod(shape[1:]))
+        rows = max(1, chunk // plane)
+        out = torch.empty(int(math.prod(shape)), len(shape), device=device)
+        for start in range(0, int(shape[0]), rows):
+            stop = min(start + rows, int(shape[0]))
+            x = grid_points(shape, device, slice(start, stop)).unsqueeze(0)
+            u = self.net(x, self.latent.global_, z_local.rows(start, stop).unsqueeze(0))
+            out[start * plane:stop * plane] = (x + u)[0]
+        return out
 
     def value_and_jacobian(self, x: torch.Tensor) -> tuple:
         z_local, dz_local = interpolate_linear_with_grad(self.latent.local, x)

@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import nn
 
 from nephi.geometry.grid import Grid, apply_affine_torch
@@ -52,7 +51,11 @@ def _centre_of_mass(data: np.ndarray, grid: Grid, mask: np.ndarray | None) -> np
         weights = weights * mask
     if weights.sum() <= 0:
         return _fov_centre(grid)
-    return grid.index_to_ras_points(np.asarray(ndimage.center_of_mass(weights)))
+    total = weights.sum()
+    axes = range(weights.ndim)
+    index = [np.dot(weights.sum(axis=tuple(a for a in axes if a != k)), np.arange(n)) / total
+             for k, n in enumerate(weights.shape)]
+    return grid.index_to_ras_points(np.asarray(index))
 
 
 def _rotation(w: torch.Tensor, d: int) -> torch.Tensor:

@@ -242,7 +242,7 @@ class NephiMode(IOMode):
 
     def maps(self) -> tuple:
         fields, latent = frozen_copy(self.fields, self.latent)
-        return (lambda x: fields.phi_ab(x, latent)), (lambda x: fields.phi_ba(x, latent))
+        return fields.map_ab(latent), fields.map_ba(latent)
 
     def info(self) -> dict:
         return {"inverse": "backward field network phi_BA, trained with GradICON",

@@ -23,7 +23,8 @@ import torch
 from nephi.geometry.grid import apply_affine_torch
 
 
-__all__ = ["PointMap", "DifferentiableMap", "Composition", "Conjugated", "has_jacobian"]
+__all__ = ["PointMap", "DifferentiableMap", "Composition", "Conjugated", "has_jacobian",
+           "evaluate_chunked", "grid_points", "on_grid"]
 
 
 class PointMap(Protocol):
@@ -50,6 +51,38 @@ def has_jacobian(fn) -> bool:
     return isinstance(fn, DifferentiableMap)
 
 
+@torch.no_grad()
+def evaluate_chunked(fn: PointMap, points: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Apply a point map (1, n, d) -> (1, n, d) to points (M, d) in chunks -> (M, d)."""
+    out = torch.empty_like(points)
+    for start in range(0, points.shape[0], chunk):
+        stop = min(start + chunk, points.shape[0])
+        out[start:stop] = fn(points[start:stop].unsqueeze(0))[0]
+    return out
+
+
+def grid_points(shape, device=None, first=None) -> torch.Tensor:
+    """Frame coordinates of the voxel centres of a regular grid of ``shape`` over [-1, 1]^d
+    (voxel i at -1 + 2 i / (N - 1), align_corners), row-major -> (M, d); ``first``: a slice
+    of first-axis indices (a slab)."""
+    axes = [torch.linspace(-1.0, 1.0, int(n), device=device) for n in shape]
+    if first is not None:
+        axes[0] = axes[0][first]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
+
+
+@torch.no_grad()
+def on_grid(fn: PointMap, shape, chunk: int, device=None) -> torch.Tensor:
+    """``fn`` at every voxel centre of a regular frame grid of ``shape`` (:func:`grid_points`)
+    -> (M, d), in chunks of ``chunk`` points. A map with its own ``on_grid(shape, chunk,
+    device)`` (a faster way to the same values on such a grid) is asked for it; any other map
+    is called on the points."""
+    own = getattr(fn, "on_grid", None)
+    if own is not None:
+        return own(shape, chunk, device)
+    return evaluate_chunked(fn, grid_points(shape, device), chunk)
+
+
 class Composition:
     """The point map x -> outer(inner(x)) on (B, N, d) points (``inner`` acts first).
 
@@ -63,6 +96,11 @@ class Composition:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.outer(self.inner(x))
+
+    def on_grid(self, shape, chunk: int, device=None) -> torch.Tensor:
+        """The map at every voxel centre of a regular frame grid (:func:`on_grid`) -> (M, d):
+        ``outer`` applied to ``inner``'s values on that grid."""
+        return evaluate_chunked(self.outer, on_grid(self.inner, shape, chunk, device), chunk)
 
     def value_and_jacobian(self, x: torch.Tensor) -> tuple:
         y, j_inner = self.inner.value_and_jacobian(x)

@@ -14,18 +14,8 @@ import torch
 
 from nephi.geometry.grid import Grid, apply_affine_torch
 from nephi.geometry.sampling import interpolate_linear, sample_image
-from nephi.transforms.base import PointMap
+from nephi.transforms.base import PointMap, evaluate_chunked, grid_points, on_grid
 from nephi.transforms.jacobian import jacobian_determinant_dense
-
-
-@torch.no_grad()
-def evaluate_chunked(fn: PointMap, points: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Apply a point map (1, n, d) -> (1, n, d) to points (M, d) in chunks -> (M, d)."""
-    out = torch.empty_like(points)
-    for start in range(0, points.shape[0], chunk):
-        stop = min(start + chunk, points.shape[0])
-        out[start:stop] = fn(points[start:stop].unsqueeze(0))[0]
-    return out
 
 
 @dataclass
@@ -58,8 +48,8 @@ def dense_fields(phi_ab: PointMap, phi_ba: PointMap, moving_data: np.ndarray, fi
     """Evaluate both maps (frame -> frame, on (1, n, d) points) densely; see :class:`DenseFields`."""
     d = fixed_grid.ndim
     frame_to_ras = fixed_grid.normalized_to_ras
-    x = fixed_grid.normalized_points(device=device).reshape(-1, d)
-    ab = evaluate_chunked(phi_ab, x, chunk)
+    x = grid_points(fixed_grid.shape, device)
+    ab = on_grid(phi_ab, fixed_grid.shape, chunk, device)
     forward_disp = apply_affine_torch(frame_to_ras, ab) - apply_affine_torch(frame_to_ras, x)
 
     moving = torch.as_tensor(moving_data, dtype=torch.float32, device=device)
@@ -108,8 +98,6 @@ def tabulate(fn: PointMap, shape, device) -> PointMap:
     align_corners) and linearly interpolated between: x -> x + D(x), with D the table of
     fn(p) - p (:func:`nephi.geometry.sampling.interpolate_linear`: twice differentiable in x, constant
     beyond the border). Exact at the grid points; its second derivatives vanish between them."""
-    axes = [torch.linspace(-1.0, 1.0, int(n), device=device) for n in shape]
-    pts = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
-    disp = evaluate_chunked(fn, pts, 32768) - pts
+    disp = on_grid(fn, shape, 32768, device) - grid_points(shape, device)
     table = disp.reshape(*shape, len(shape)).movedim(-1, 0).unsqueeze(0)
     return lambda x: x + interpolate_linear(table.expand(x.shape[0], *table.shape[1:]), x)

@@ -21,7 +21,7 @@ from nephi.transforms.dense import tabulate
 from nephi.objectives.similarity import lncc_similarity, mi_similarity, mse_similarity, ncc_similarity, similarity_terms, stencil_offsets
 from nephi.optim.engine import instance_optimize
 from nephi.geometry.pair import PairTensors
-from nephi.pipeline.pairwise import LoadedPair, pair_tensors, register
+from nephi.pipeline.pairwise import LoadedPair, pair_tensors, register, register_pair
 from nephi.config.validate import validate_pairwise
 
 SPACING = 3.0
@@ -568,3 +568,46 @@ def test_coarse_to_fine_levels_run_in_order_and_recover_the_shift(shifted, tmp_p
         validate_pairwise(config("inr", io={"pyramid": levels}))
     with pytest.raises(NephiInputError, match=r"io.pyramid\[0\]"):
         validate_pairwise(config("nephi", io={"pyramid": [{"sigma": 1.0}]}))
+
+
+@pytest.mark.parametrize("field_grid", ["network", "auto"])
+def test_network_grid_export_is_the_network_at_its_nodes(tmp_path, field_grid):
+    """With a network's view of the pair (``--checkpoint``), ``output.field_grid`` network
+    (auto's choice there) evaluates the maps on the network's grid and interpolates them onto
+    the fixed and moving grids: exact at fixed voxels that are network-grid nodes, close in
+    between; ``voxels`` evaluates the network at every voxel."""
+    phantom = Phantom(3, extent_mm=20.0, count=14, seed=3)
+    fixed_grid = centred_grid((21, 21, 21), np.eye(3) * SPACING, np.zeros(3))
+    net_grid = centred_grid((11, 11, 11), np.eye(3) * 2 * SPACING, np.zeros(3))
+    save_nifti(tmp_path / "fixed.nii.gz", phantom.render(fixed_grid), fixed_grid)
+    save_nifti(tmp_path / "moving.nii.gz", phantom.render(fixed_grid), fixed_grid)
+    pair = load(tmp_path)
+    # a smooth field (a trained network's scale, not a random network's roughness)
+    cfg = config("nephi", optim={"steps": 0}, model={"fourier_scale": 0.5, "latent_grid": 4},
+                 precision="fp32")
+    fields, latent = initial_state(cfg, 3, torch.device("cpu"))
+    with torch.no_grad():
+        for net in (fields.forward_net, fields.backward_net):
+            net.out.weight.normal_(0, 0.02)
+    image = torch.zeros(1, 1, *net_grid.shape)
+    view = (PairTensors(image, image, net_grid, net_grid), fixed_grid.frame_to(net_grid))
+
+    def export(how):
+        return register_pair(pair, merge(cfg, {"output": {"field_grid": how}}), progress=False,
+                             init=(fields, latent), io_params="latent", network_view=view)
+
+    exact, fast = export("voxels"), export(field_grid)
+    for inverse in (False, True):
+        want, got = exact.field(inverse=inverse).disp, fast.field(inverse=inverse).disp
+        assert np.abs(want).max() > 0.5  # mm: a visible field
+        nodes = (slice(None, None, 2),) * 3
+        assert np.allclose(got[nodes], want[nodes], atol=1e-3)
+        err = np.linalg.norm(got - want, axis=-1).mean()
+        assert err < 0.1 * np.linalg.norm(want, axis=-1).mean(), err
+
+
+def test_network_field_grid_needs_a_network(shifted, tmp_path):
+    cfg = config("nephi", output={"field_grid": "network"})
+    with pytest.raises(NephiInputError, match="output.field_grid"):
+        register(load(shifted), str(tmp_path / "out"), cfg, progress=False)
+    assert not (tmp_path / "out").exists()
