@@ -14,7 +14,7 @@ import os
 import sys
 
 from nephi.cli.common import OneLineParser, run_cli
-from nephi.config.loader import apply_overrides, resolve_config
+from nephi.config.loader import apply_overrides, load_defaults, merge, resolve_config
 from nephi.errors import NephiInputError
 from nephi.learn.trainer import step_checkpoints, train
 from nephi.models.checkpoint import load_checkpoint
@@ -53,7 +53,10 @@ def main(argv=None, default_config: str | None = None, prog: str = "nephi-train"
             found = step_checkpoints(out)
             if not found:
                 raise NephiInputError(f"--resume: no checkpoint in {os.path.join(out, 'checkpoints')}")
-            cfg = apply_overrides(load_checkpoint(found[-1])["config"], args.overrides)
+            # on the defaults: a run from before a section existed resumes with its default
+            saved = merge(load_defaults("train"), load_checkpoint(found[-1])["config"],
+                          source=f"checkpoint {found[-1]}")
+            cfg = apply_overrides(saved, args.overrides)
         else:
             cfg = resolve_config("train", args.config, args.overrides)
             out = args.output_dir or cfg["output_dir"]

@@ -27,7 +27,7 @@ from nephi.transforms.jacobian import NEPHI_METHODS
 
 __all__ = ["MODES", "REGULARIZER_SPACES", "FIXED_STEP_SOLVERS", "ADAPTIVE_SOLVERS", "SCHEDULES",
            "VAL_METRICS", "DATA_BUILDS", "MIXED_PRECISION", "OUTPUT_FORMATS", "ALIGN_MODES", "ALIGN_INITS", "require_positive", "require_finite",
-           "validate_io", "validate_pairwise", "validate_training"]
+           "validate_io", "validate_pairwise", "validate_training", "validate_augment"]
 
 MODES = ("nephi", "inr", "velocity")
 REGULARIZER_SPACES = ("normalized", "mm")
@@ -38,6 +38,7 @@ VAL_METRICS = ("landmark_error", "dice", "loss")
 DATA_BUILDS = ("none", "synthetic-lung", "triangles-circles")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 OUTPUT_FORMATS = ("nii.gz", "nii", "nrrd", "mha")
+FIELD_GRIDS = ("auto", "voxels", "network")
 ALIGN_MODES = ("none", "rigid", "affine")
 
 ALIGN_INITS = ("com", "geometry", "none")
@@ -221,10 +222,43 @@ def validate_pairwise(cfg: dict, option_names: dict | None = None, min_steps: in
     _check_positive("optim.steps", cfg["optim"]["steps"], integer=True, zero=True)
     if cfg["output"]["format"] is not None:
         _one_of("output.format", cfg["output"]["format"], OUTPUT_FORMATS, "--output-format")
+    _one_of("output.field_grid", cfg["output"]["field_grid"], FIELD_GRIDS)
     _one_of("loss.jacobian", cfg["loss"]["jacobian"], NEPHI_METHODS)
     for key in ("lambda_reg", "lambda_prior"):
         if cfg["loss"][key] < 0:
             _fail(f"loss.{key}", "must be >= 0")
+
+
+def _check_fraction(key: str, value, closed: bool) -> None:
+    """A number in [0, 1] (``closed``) or [0, 1)."""
+    _check_positive(key, value, zero=True)
+    if value > 1 or (value == 1 and not closed):
+        _fail(key, f"must be {'<= 1' if closed else '< 1'}, got {value!r}")
+
+
+def validate_augment(aug: dict) -> None:
+    """Check the ``augment`` section of a training config (kinds, ranges, flip axes)."""
+    for kind in ("affine", "deform", "intensity", "flip"):
+        _check_fraction(f"augment.{kind}.probability", aug[kind]["probability"], closed=True)
+    for key in ("rotation_deg", "translation_mm"):
+        _check_positive(f"augment.affine.{key}", aug["affine"][key], zero=True)
+    for key in ("scaling", "shear"):
+        _check_fraction(f"augment.affine.{key}", aug["affine"][key], closed=False)
+    if aug["affine"]["rotation_deg"] > 180:
+        _fail("augment.affine.rotation_deg", f"must be <= 180, got {aug['affine']['rotation_deg']!r}")
+    _check_positive("augment.deform.max_mm", aug["deform"]["max_mm"], zero=True)
+    _check_positive("augment.deform.scale_mm", aug["deform"]["scale_mm"])
+    for key in ("gamma", "bias", "noise"):
+        _check_positive(f"augment.intensity.{key}", aug["intensity"][key], zero=True)
+    _check_positive("augment.intensity.bias_scale_mm", aug["intensity"]["bias_scale_mm"])
+    _check_fraction("augment.intensity.contrast", aug["intensity"]["contrast"], closed=False)
+    axes = aug["flip"]["axes"]
+    if (not isinstance(axes, list) or len(set(axes)) != len(axes)
+            or any(type(a) is not int or a not in (0, 1, 2) for a in axes)):
+        _fail("augment.flip.axes", f"must be a list of distinct array axes 0, 1, 2, got {axes!r}")
+    if aug["flip"]["probability"] > 0 and not axes:
+        _fail("augment.flip.axes", "name the axes that may be flipped (augment.flip.probability "
+                                   "is > 0)")
 
 
 def validate_training(cfg: dict) -> None:
@@ -243,3 +277,4 @@ def validate_training(cfg: dict) -> None:
     _one_of("data.build", cfg["data"]["build"], DATA_BUILDS)
     if not cfg["model"]["encoder_channels"]:
         _fail("model.encoder_channels", "needs at least one entry")
+    validate_augment(cfg["augment"])

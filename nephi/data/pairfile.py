@@ -183,25 +183,54 @@ class PairFile:
         return state
 
 
+POINT_KEYS = ("fixed_points", "moving_points")
+
+
 class PairDataset(torch.utils.data.Dataset):
     """Pairs of one split as tensors: ``moving``, ``fixed`` (1, *S) float32, ``fixed_mask``
-    (*S) bool when the file has masks, ``index`` (int). h5py opens lazily per worker."""
+    (*S) bool when the file has masks, ``index`` (int); with ``points``, also
+    ``fixed_points`` and ``moving_points`` (K, d) float32 in the normalized frame of the pair's
+    grid ((0, d) for a pair without landmarks; batch them with :func:`collate_pairs`). h5py
+    opens lazily per worker."""
 
-    def __init__(self, path: str, split: str = "train"):
+    def __init__(self, path: str, split: str = "train", points: bool = False):
         self.file = PairFile(path)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}")
         self.split = split
         self.names = self.file.splits[split]
+        self.points = points
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __getitem__(self, index: int) -> dict:
-        arrays = self.file.read(self.names[index], ["moving", "fixed", "fixed_mask"])
+        name = self.names[index]
+        keys = ["moving", "fixed", "fixed_mask"] + (list(POINT_KEYS) if self.points else [])
+        arrays = self.file.read(name, keys)
         item = {"moving": torch.from_numpy(arrays["moving"]).unsqueeze(0),
                 "fixed": torch.from_numpy(arrays["fixed"]).unsqueeze(0),
                 "index": index}
         if "fixed_mask" in arrays:
             item["fixed_mask"] = torch.from_numpy(arrays["fixed_mask"] > 0)
+        if self.points:
+            grid = self.file.grid(name)
+            for key in POINT_KEYS:
+                ras = arrays.get(key, np.zeros((0, self.file.ndim)))
+                item[key] = torch.as_tensor(grid.ras_to_normalized_points(ras),
+                                            dtype=torch.float32)
         return item
+
+
+def collate_pairs(items: list) -> dict:
+    """Batch of :class:`PairDataset` items: torch's default collation, except the landmark
+    sets, padded with NaN rows to the batch's largest count: (B, K, d)."""
+    out = torch.utils.data.default_collate(
+        [{k: v for k, v in item.items() if k not in POINT_KEYS} for item in items])
+    if POINT_KEYS[0] in items[0]:
+        count = max(item[POINT_KEYS[0]].shape[0] for item in items)
+        for key in POINT_KEYS:
+            out[key] = torch.stack([torch.nn.functional.pad(
+                item[key], (0, 0, 0, count - item[key].shape[0]), value=float("nan"))
+                for item in items])
+    return out

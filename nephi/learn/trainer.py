@@ -6,8 +6,12 @@ Entry point: ``train/train.py`` (``accelerate launch [opts] train/train.py --con
 
 1. the next ``train.batch_size`` pairs of the step's share of the data (a deterministic function
    of the step, the process index and the seed, so a resumed run sees the same batches);
-2. the encoder predicts the latent codes from [moving, fixed] on the network grid;
-3. :func:`nephi.objectives.nephi_loss.nephi_terms` samples points (a generator seeded by seed, step,
+2. with an ``augment`` section that switches a kind on, the pairs are augmented on the network
+   grid (:mod:`nephi.data.augment`: one sampling of each stored image; a generator seeded by
+   seed, step, micro-step and process, so every process draws its own augmentations,
+   reproducibly); validation pairs never are;
+3. the encoder predicts the latent codes from [moving, fixed] on the network grid;
+4. :func:`nephi.objectives.nephi_loss.nephi_terms` samples points (a generator seeded by seed, step,
    micro-step and process) and gives the eq. 8/9 terms: symmetric 1 - NCC^2, GradICON on
    phi_AB(phi_BA(x)), latent prior; Adam with warmup and a cosine / linear / constant schedule.
 
@@ -17,7 +21,8 @@ frame units are meaningless in 16-bit); ``train.mixed_precision`` applies to the
 Output folder DIR::
 
     config.yaml                  resolved configuration of the run
-    tensorboard/                 scalars (every loss term, lr, throughput, validation metrics)
+    tensorboard/                 scalars (every loss term, lr, throughput, the landmark error of
+                                 the (augmented) training pairs, validation metrics)
                                  and validation images (fixed, moving, warped, deformed grid)
     checkpoints/step_XXXXXXXX.pt the last ``checkpoint.keep_last`` checkpoints
     checkpoints/best.pt          best by the validation metric
@@ -45,7 +50,8 @@ import yaml
 
 from nephi.config.loader import set_dotted
 from nephi.config.validate import validate_training
-from nephi.data.pairfile import PairDataset, PairFile
+from nephi.data.augment import AugmentConfig, PairAugmenter
+from nephi.data.pairfile import PairDataset, PairFile, collate_pairs
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
 from nephi.geometry.pair import PairTensors
@@ -156,20 +162,41 @@ class TrainStep(torch.nn.Module):
         self.sigma = float(cfg["latent"]["sigma"])
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, fixed_mask, points: int,
-                reg_points: int, generator: torch.Generator):
-        """moving, fixed (B, 1, *S); fixed_mask (B, *S) bool or None -> (loss, {term: value})."""
+                reg_points: int, generator: torch.Generator, landmarks: tuple | None = None):
+        """moving, fixed (B, 1, *S); fixed_mask (B, *S) bool or None; landmarks None or
+        (fixed, moving) frame points (B, K, d), NaN rows for none -> (loss, {term: value}),
+        with landmarks also ``landmark_sum_mm`` and ``landmark_count`` (no gradient)."""
         latent = self.net.encode(moving, fixed)
         with torch.autocast(device_type=moving.device.type, enabled=False):
             pair = PairTensors(fixed.float(), moving.float(), self.grid, self.grid, fixed_mask)
             terms = nephi_terms(self.net.fields, latent, pair, self.loss_cfg, points, reg_points,
                                 self.sigma, generator)
             loss = total(terms)
-        return loss, {name: t.value.detach() for name, t in terms.items()}
+            values = {name: t.value.detach() for name, t in terms.items()}
+            if landmarks is not None:
+                values.update(self.landmark_error(latent, *landmarks))
+        return loss, values
+
+    @torch.no_grad()
+    def landmark_error(self, latent, fixed_points: torch.Tensor,
+                       moving_points: torch.Tensor) -> dict:
+        """Sum of |phi_AB(fixed point) - moving point| in mm over the valid rows of (B, K, d)
+        frame points, and their count (mm through the grid's spacing)."""
+        valid = torch.isfinite(fixed_points).all(-1) & torch.isfinite(moving_points).all(-1)
+        mapped = self.net.fields.phi_ab(torch.nan_to_num(fixed_points), latent)
+        scale = torch.as_tensor(self.grid.normalized_mm_scale(), dtype=mapped.dtype,
+                                device=mapped.device)
+        error = ((mapped - torch.nan_to_num(moving_points)) * scale).norm(dim=-1)
+        return {"landmark_sum_mm": torch.where(valid, error, 0.0).sum(),
+                "landmark_count": valid.sum().float()}
 
 
-def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """The point-sampling generator of one micro-step of one process."""
-    mixed = hashlib.sha256(f"{seed}/{step}/{micro}/{rank}".encode()).digest()
+def step_generator(seed: int, step: int, micro: int, rank: int,
+                   stream: str = "points") -> torch.Generator:
+    """The generator of one micro-step of one process: ``stream`` "points" samples the loss
+    points, "augment" draws the augmentation."""
+    text = f"{seed}/{step}/{micro}/{rank}" + ("" if stream == "points" else f"/{stream}")
+    mixed = hashlib.sha256(text.encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(mixed[:8], "little") & (2 ** 63 - 1))
 
 
@@ -263,7 +290,10 @@ class Trainer:
         if self.cfg["data"]["sample_in_mask"] and not self.data.has["fixed_mask"]:
             raise NephiInputError("config key data.sample_in_mask: the data has no fixed masks")
         self.metric_key, self.metric_mode = selection_metric(self.cfg, self.data)
-        self.train_set = PairDataset(data_path, "train")
+        self.train_set = PairDataset(data_path, "train", points=self.data.has["fixed_points"])
+        augment = AugmentConfig.from_dict(self.cfg["augment"])
+        self.augmenter = (PairAugmenter(augment, self.data.canonical_grid()) if augment.enabled
+                          else None)
         if len(self.train_set) == 0:
             raise NephiInputError(f"dataset {data_path}: no training pair")
         self._build_model(ckpt)
@@ -332,7 +362,8 @@ class Trainer:
                               self.start * self.accum, self.steps * self.accum,
                               int(self.cfg["seed"]))
         loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler,
-                                             num_workers=int(self.cfg["data"]["loader_workers"]))
+                                             num_workers=int(self.cfg["data"]["loader_workers"]),
+                                             collate_fn=collate_pairs)
         self.batches = iter(loader)
 
     # ------------------------------------------------------------------ the loop
@@ -346,10 +377,19 @@ class Trainer:
             moving = item["moving"].to(device, non_blocking=True)
             fixed = item["fixed"].to(device, non_blocking=True)
             mask = item["fixed_mask"].to(device) if sample_in_mask else None
-            gen = step_generator(int(self.cfg["seed"]), step, micro, self.rank)
+            landmarks = (None if not self.train_set.points else
+                         (item["fixed_points"].to(device), item["moving_points"].to(device)))
+            seed = int(self.cfg["seed"])
+            if self.augmenter is not None:
+                aug = self.augmenter.draw(moving.shape[0], step_generator(
+                    seed, step, micro, self.rank, stream="augment"), device)
+                moving, fixed, mask = aug.images(moving, fixed, mask)
+                if landmarks is not None:
+                    landmarks = aug.points(*landmarks)
+            gen = step_generator(seed, step, micro, self.rank)
             with self.accelerator.accumulate(self.step_module):
                 loss, values = self.step_module(moving, fixed, mask, int(t["points"]),
-                                                int(t["reg_points"]), gen)
+                                                int(t["reg_points"]), gen, landmarks)
                 self.accelerator.backward(loss)
                 if self.accelerator.sync_gradients and float(t["grad_clip"]) > 0:
                     self.accelerator.clip_grad_norm_(self.step_module.parameters(),
@@ -363,7 +403,8 @@ class Trainer:
         return values_sum
 
     def log(self, running: dict, done: int, steps_since: int, seconds: float, bar) -> None:
-        """Mean terms over the last ``steps_since`` steps (all processes) to TensorBoard."""
+        """Mean terms over the last ``steps_since`` steps (all processes) to TensorBoard, and the
+        landmark error of the (augmented) training pairs when they carry landmarks."""
         keys = sorted(running)
         stacked = torch.stack([running[k] for k in keys]) / steps_since
         stacked = self.accelerator.reduce(stacked.to(self.device), reduction="mean")
@@ -372,12 +413,16 @@ class Trainer:
         points = int(self.cfg["train"]["points"])
         pairs_s = steps_since * self.accum * self.batch * self.world / seconds
         lr = self.scheduler.get_last_lr()[0]
-        for k, v in zip(keys, stacked.tolist()):
+        means = dict(zip(keys, stacked.tolist()))
+        count, error_sum = means.pop("landmark_count", 0.0), means.pop("landmark_sum_mm", 0.0)
+        if count > 0:
+            means["landmark_error_mm"] = error_sum / count
+        for k, v in means.items():
             self.writer.add_scalar(f"train/{k}", v, done)
         self.writer.add_scalar("train/lr", lr, done)
         self.writer.add_scalar("throughput/pairs_per_s", pairs_s, done)
         self.writer.add_scalar("throughput/points_per_s", pairs_s * 2 * points, done)
-        bar.set_postfix(loss=f"{stacked[keys.index('loss')]:.4f}", lr=f"{lr:.1e}",
+        bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.1e}",
                         pairs_s=f"{pairs_s:.2f}")
 
     def validate(self, done: int, bar) -> None:
