@@ -238,3 +238,34 @@ def test_alignment_in_front_of_the_network(ddp_run, tc_data, tmp_path):
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         assert ("align" in summary) == (align != "none")
     assert errors["rigid"] < 0.5 and errors["none"] > 2.0, errors
+
+
+def test_two_machines_train_one_model(tc_data, tmp_path):
+    """The multi-node recipe on one host: two ``accelerate launch`` calls, one per "machine"
+    (``--num_machines 2 --machine_rank 0/1``, rendezvous on 127.0.0.1), one process each; both
+    ranks end with the same parameters, and the checkpoint records the two-process world."""
+    import socket
+
+    data, _ = tc_data
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    run = tmp_path / "run"
+    procs = []
+    for rank in (0, 1):
+        cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_machines", "2",
+               "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip",
+               "127.0.0.1", "--main_process_port", port, "--mixed_precision", "no",
+               "--dynamo_backend", "no", TRAIN, "--config", SMOKE, "--output-dir", str(run),
+               f"data.path={data}", "train.progress=false"]
+        procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+    replicas = _replicas(run)
+    assert [r["rank"] for r in replicas] == [0, 1]
+    assert all(r["world_size"] == 2 and r["step"] == 4 for r in replicas)
+    assert replicas[0]["param_sha256"] == replicas[1]["param_sha256"]
+    ckpt = load_checkpoint(str(run / "checkpoints" / "step_00000004.pt"))
+    assert ckpt["world_size"] == 2 and len(ckpt["rng_states"]) == 2
