@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from nephi.cli.common import OneLineParser, run_cli
@@ -11,13 +12,14 @@ from nephi.config.options import MODE_OPTIONS, RUN_OPTIONS, active_mode, apply_o
 from nephi.config.validate import validate_pairwise
 from nephi.errors import NephiInputError
 from nephi.io.atomic import check_output_dir
-from nephi.io.itk_affine import read_affine
+from nephi.io.itk_affine import read_transform
 from nephi.models.fields import PRECISIONS
 from nephi.objectives.similarity import SIMILARITIES
 from nephi.pipeline import feedforward, pairwise
 from nephi.pipeline.feedforward import base_config, load_model, register_with_model
 from nephi.pipeline.inputs import LoadedPair, select_device
 from nephi.results.result import summary_line
+from nephi.transforms.displacement import Field
 
 
 __all__ = ["build_parser", "resolve_config", "check_options", "main"]
@@ -94,8 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--align-only", action="store_true", default=None,
                    help="stop after the alignment: a pure linear registration")
     p.add_argument("--initial-transform", metavar="TRANSFORM",
-                   help="ITK / ANTs linear transform (.mat, .txt, .h5) mapping fixed to moving "
-                        "points to start from (refined by --align unless --align none)")
+                   help="transform mapping fixed to moving points to start from: an ITK / ANTs "
+                        "linear transform (.mat, .txt, .h5; refined by --align unless --align "
+                        "none) or displacement field (ITK NIfTI like warp.nii.gz or ANTs' "
+                        "*Warp.nii.gz, .h5, composite .h5; no alignment on top: IO refines it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -161,14 +165,22 @@ def _run(argv) -> int:
     moving, fixed = args.pair
     pair = LoadedPair(moving, fixed, args.mask, args.landmarks, args.moving_landmarks,
                       args.moving_mask)
-    initial = (read_affine(args.initial_transform, pair.fixed.ndim)
-               if args.initial_transform else None)
+    initial, extra = None, {}
+    if args.initial_transform:
+        initial = read_transform(args.initial_transform, pair.fixed.ndim)
+        kind = "displacement field" if isinstance(initial, Field) else "affine"
+        if kind == "displacement field" and args.align in ("rigid", "affine"):
+            raise NephiInputError(f"--align {args.align}: --initial-transform "
+                                  f"{args.initial_transform} is a displacement field, and no "
+                                  "alignment runs on top of one; leave out --align")
+        extra = {"initial_transform": {"path": os.path.abspath(args.initial_transform),
+                                       "type": kind}}
     if model is not None:
         summary = register_with_model(model, pair, args.out, cfg, args.io_params or "latent",
                                       pair.moving_mask, command=command, progress=progress)
     else:
         summary = pairwise.register(pair, args.out, cfg, command=command, progress=progress,
-                                    initial=initial)
+                                    initial=initial, extra_summary=extra)
     print(f"nephi-infer: wrote {args.out}: {summary_line(summary, full=True)}")
     return 0
 

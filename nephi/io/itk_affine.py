@@ -1,12 +1,14 @@
-"""ITK / ANTs affine transform files and composite transforms, through SimpleITK.
+"""ITK / ANTs transform files (affines, displacement fields, composites), through SimpleITK.
 
 An ITK affine maps a point p of the fixed image's space to M (p - c) + c + t in LPS mm (the
 pull-back direction, as nephi's :class:`~nephi.transforms.affine.Affine`); ANTs writes its
 affines (``*GenericAffine.mat``) in this form. Files: ``.mat`` (ITK's MATLAB v4 layout, as ANTs
 writes), ``.txt`` / ``.tfm`` (Insight Transform File) and ``.h5``; read from any of them:
-every linear ITK transform (affine, Euler, similarity, versor, scale, translation), also as the
-single entry of a composite. A composite (:func:`write_composite`) holds a displacement field
-and an affine in the order ITK applies them to a point: the displacement first, then the affine.
+every linear ITK transform (affine, Euler, similarity, versor, scale, translation), also in a
+composite. :func:`read_transform` also reads displacement fields (NIfTI, ``.h5``) and
+composites holding one, as a :class:`~nephi.transforms.displacement.Field`. A composite
+(:func:`write_composite`) holds a displacement field and an affine in the order ITK applies them
+to a point: the displacement first, then the affine.
 """
 
 from __future__ import annotations
@@ -16,13 +18,14 @@ import os
 import numpy as np
 
 from nephi.errors import NephiInputError, short_reason
-from nephi.geometry.grid import ras_lps_flip, ras_to_lps
-from nephi.io.itk_images import to_sitk
+from nephi.geometry.grid import Grid, lps_to_ras, ras_lps_flip, ras_to_lps
+from nephi.io.fields import read_field
+from nephi.io.itk_images import from_sitk, is_nifti, to_sitk
 from nephi.transforms.affine import Affine
 from nephi.transforms.displacement import Field
 
 
-__all__ = ["write_affine", "read_affine", "write_composite"]
+__all__ = ["write_affine", "read_transform", "write_composite"]
 
 
 def _sitk_affine(affine: Affine):
@@ -57,30 +60,9 @@ def write_composite(path: str, affine: Affine, field: Field) -> None:
     sitk.WriteTransform(composite, path)
 
 
-def read_affine(path: str, ndim: int, what: str = "--initial-transform") -> Affine:
-    """Read a linear ITK transform file -> :class:`Affine` (RAS, fixed -> moving)."""
-    import SimpleITK as sitk
-
-    label = f"{what} {path}"
-    if not os.path.isfile(path):
-        raise NephiInputError(f"{label}: file not found")
-    try:
-        transform = sitk.ReadTransform(path)
-    except RuntimeError as exc:
-        raise NephiInputError(f"{label}: not a readable ITK transform file "
-                              f"({short_reason(exc)})") from None
-    if transform.GetName() == "CompositeTransform":
-        composite = sitk.CompositeTransform(transform)
-        if composite.GetNumberOfTransforms() != 1:
-            raise NephiInputError(f"{label}: a composite of {composite.GetNumberOfTransforms()} "
-                                  "transforms; give one linear transform")
-        transform = composite.GetNthTransform(0)
+def _affine_of(transform, label: str) -> Affine:
+    """The :class:`Affine` (RAS) of a linear SimpleITK transform (LPS)."""
     d = transform.GetDimension()
-    if d != ndim:
-        raise NephiInputError(f"{label}: a {d}-D transform for {ndim}-D images")
-    if not transform.IsLinear():
-        raise NephiInputError(f"{label}: a {transform.GetName()} is not affine; give a linear "
-                              "(affine, rigid, similarity or translation) transform")
     # an affine is determined by the images of the origin and the unit vectors
     origin = np.asarray(transform.TransformPoint([0.0] * d))
     columns = [np.asarray(transform.TransformPoint(list(np.eye(d)[k]))) - origin
@@ -93,3 +75,61 @@ def read_affine(path: str, ndim: int, what: str = "--initial-transform") -> Affi
         return Affine(matrix)
     except ValueError as exc:
         raise NephiInputError(f"{label}: {exc}") from None
+
+
+def _field_of(transform, path: str, label: str) -> Field:
+    """A non-linear SimpleITK transform as a :class:`Field`: tabulated on the grid of the
+    displacement field it applies first to a point (its own grid for a
+    ``DisplacementFieldTransform``, exact there; for a composite such as nephi's
+    ``composite.h5`` or ANTs' ``*Composite.h5``, exact at those voxels)."""
+    import SimpleITK as sitk
+
+    parts = [transform]
+    if transform.GetName() == "CompositeTransform":
+        composite = sitk.CompositeTransform(transform)
+        # ITK applies the transform added last first
+        parts = [composite.GetNthTransform(k)
+                 for k in reversed(range(composite.GetNumberOfTransforms()))]
+    fields = [t for t in parts if t.GetName() == "DisplacementFieldTransform"]
+    if not fields:
+        names = ", ".join(t.GetName() for t in parts)
+        raise NephiInputError(f"{label}: a {names} is neither affine nor a displacement field")
+    grid = sitk.DisplacementFieldTransform(fields[0]).GetDisplacementField()
+    table = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, grid.GetSize(),
+                                              grid.GetOrigin(), grid.GetSpacing(),
+                                              grid.GetDirection())
+    disp_lps, affine = from_sitk(table)
+    return Field(lps_to_ras(disp_lps), Grid(disp_lps.shape[:-1], affine), path)
+
+
+def read_transform(path: str, ndim: int, what: str = "--initial-transform") -> Affine | Field:
+    """Read a transform that maps fixed points to moving points -> :class:`Affine` (a linear
+    ITK transform, also a composite of linear ones) or :class:`Field` (RAS mm): an ITK
+    displacement-field NIfTI (:func:`nephi.io.fields.read_field`), an ITK ``.h5`` holding a
+    ``DisplacementFieldTransform``, or a composite of one with linear transforms. Every problem
+    is a one-line :class:`NephiInputError` naming ``what`` and the file."""
+    import SimpleITK as sitk
+
+    label = f"{what} {path}"
+    if not os.path.isfile(path):
+        raise NephiInputError(f"{label}: file not found")
+    if is_nifti(path):
+        try:
+            field = read_field(path)
+        except NephiInputError as exc:
+            raise NephiInputError(f"{what} {exc}") from None
+        if field.grid.ndim != ndim:
+            raise NephiInputError(f"{label}: a {field.grid.ndim}-D displacement field for "
+                                  f"{ndim}-D images")
+        return field
+    try:
+        transform = sitk.ReadTransform(path)
+    except RuntimeError as exc:
+        raise NephiInputError(f"{label}: not a readable ITK transform file "
+                              f"({short_reason(exc)})") from None
+    d = transform.GetDimension()
+    if d != ndim:
+        raise NephiInputError(f"{label}: a {d}-D transform for {ndim}-D images")
+    if transform.IsLinear():
+        return _affine_of(transform, label)
+    return _field_of(transform, path, label)

@@ -3,15 +3,18 @@
 Directions as everywhere in nephi (A = moving, B = fixed): ``warp.nii.gz`` lives on the fixed
 grid and maps a fixed point p (LPS mm) to the moving point p + d(p); ``inverse_warp.nii.gz``
 lives on the moving grid and maps moving points to fixed points. Both include the global
-alignment; with one, ``affine.mat`` holds it alone (ITK, LPS) and ``composite.h5`` the same
-whole transform as an ITK CompositeTransform (a deformable field on the fixed grid, then the
-affine), for tools that keep the parts apart; ``inverse_composite.h5`` is a field on the moving
-grid, then the inverse affine.
+alignment; with one, ``affine.mat`` holds it alone (ITK, LPS), ``deformable_warp.nii.gz`` the
+deformable part alone (an ITK displacement field f on the fixed grid: the whole map is
+p -> affine(p + f(p))) and ``composite.h5`` the two as one ITK CompositeTransform, for tools
+that keep the parts apart (ANTs: ``-t deformable_warp.nii.gz -t affine.mat``, the order of its
+own ``*Warp.nii.gz`` and ``*GenericAffine.mat``). ``inverse_deformable_warp.nii.gz`` (a field on
+the moving grid) and ``inverse_composite.h5`` are the same for the inverse map, with
+``inverse_affine.mat``.
 """
 
 __all__ = ["FORWARD", "INVERSE", "FORWARD_H5", "INVERSE_H5", "JACOBIAN", "LOG_JACOBIAN", "WARPED",
-           "SUMMARY", "LANDMARKS_MOVING", "QC_FILE", "AFFINE", "INVERSE_AFFINE", "COMPOSITE",
-           "INVERSE_COMPOSITE", "IMAGE_SUFFIXES", "image_file"]
+           "SUMMARY", "LANDMARKS_MOVING", "QC_FILE", "AFFINE", "INVERSE_AFFINE", "DEFORMABLE",
+           "INVERSE_DEFORMABLE", "COMPOSITE", "INVERSE_COMPOSITE", "IMAGE_SUFFIXES", "image_file"]
 
 FORWARD = "warp.nii.gz"
 INVERSE = "inverse_warp.nii.gz"
@@ -25,6 +28,8 @@ LANDMARKS_MOVING = "landmarks_moving.csv"
 QC_FILE = "qc_overview.png"
 AFFINE = "affine.mat"
 INVERSE_AFFINE = "inverse_affine.mat"
+DEFORMABLE = "deformable_warp.nii.gz"
+INVERSE_DEFORMABLE = "inverse_deformable_warp.nii.gz"
 COMPOSITE = "composite.h5"
 INVERSE_COMPOSITE = "inverse_composite.h5"
 

@@ -29,10 +29,12 @@ from nephi.io.itk_images import output_suffix
 from nephi.objectives.similarity import ncc
 from nephi.optim.align import align
 from nephi.optim.engine import IOResult, instance_optimize
+from nephi.optim.refinements import fixed_point_inverse
 from nephi.pipeline.batch import run_pairs
 from nephi.pipeline.inputs import LoadedPair, select_device
 from nephi.results.metrics import folding_percent, landmark_errors
 from nephi.results.result import Result
+from nephi.results.warp import mapped_index, sample_index
 from nephi.transforms.affine import Affine
 from nephi.transforms.base import Composition, Conjugated
 from nephi.transforms.dense import DenseFields, dense_fields
@@ -48,20 +50,32 @@ def _normalized(img, cfg: dict) -> np.ndarray:
     return normalize(img.data, icfg["method"], icfg["low"], icfg["high"], icfg["window"])
 
 
-def pair_tensors(pair: LoadedPair, cfg: dict, device,
-                 pre_affine: Affine | None = None) -> PairTensors:
+def pair_tensors(pair: LoadedPair, cfg: dict, device, pre_affine: Affine | None = None,
+                 pre_field: Field | None = None) -> PairTensors:
     """Normalized intensities of both images as (1, 1, *S) tensors on ``device``; with
-    ``pre_affine`` the moving image is seen through that global alignment."""
+    ``pre_affine`` the moving image is seen through that global alignment. With ``pre_field``
+    (fixed -> moving points) the moving image (linear) and its mask (nearest) are resampled
+    through it onto the fixed grid, which then is the moving grid too: what IO optimizes on."""
+    moving, moving_grid = _normalized(pair.moving, cfg), pair.moving.grid
+    moving_mask = pair.moving_mask
+    if pre_field is not None:
+        index = mapped_index(pre_field, pair.fixed.grid, moving_grid)
+        shape = pair.fixed.grid.shape
+        moving = sample_index(moving, index).reshape(shape)
+        if moving_mask is not None:
+            moving_mask = sample_index(moving_mask, index, "nearest").reshape(shape)
+        moving_grid = pair.fixed.grid
 
-    def prep(img):
-        return torch.as_tensor(_normalized(img, cfg), device=device).reshape(1, 1, *img.grid.shape)
+    def prep(values, grid):
+        return torch.as_tensor(values, device=device).reshape(1, 1, *grid.shape)
 
     def mask(values):
         return None if values is None else torch.as_tensor(values, device=device).unsqueeze(0)
 
-    return PairTensors(prep(pair.fixed), prep(pair.moving), pair.fixed.grid, pair.moving.grid,
-                       mask(pair.mask), pre_affine=None if pre_affine is None else pre_affine.matrix,
-                       moving_mask=mask(pair.moving_mask))
+    return PairTensors(prep(_normalized(pair.fixed, cfg), pair.fixed.grid),
+                       prep(moving, moving_grid), pair.fixed.grid, moving_grid, mask(pair.mask),
+                       pre_affine=None if pre_affine is None else pre_affine.matrix,
+                       moving_mask=mask(moving_mask))
 
 
 def global_alignment(pair: LoadedPair, cfg: dict, initial: Affine | None = None,
@@ -80,6 +94,26 @@ def global_alignment(pair: LoadedPair, cfg: dict, initial: Affine | None = None,
 
 def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
+
+
+# The inverse of a start field by fixed-point iteration: at most this many evaluations, until no
+# point moves by more than this (frame units of the fixed grid).
+FIELD_INVERSE_ITERATIONS = 50
+FIELD_INVERSE_TOLERANCE = 1e-5
+
+
+def _after_field(field: Field, grid, phi_ab, phi_ba) -> tuple:
+    """The maps (phi_AB, phi_BA) of the fixed ``grid``'s frame for IO maps (phi, phi^-1) that
+    were optimized on the pair seen through a start ``field`` (fixed -> moving):
+    phi_AB = F o phi and phi_BA = phi^-1 o F^-1, F^-1 by fixed-point iteration (exact where F
+    does not fold)."""
+    forward = field.in_frame(grid)
+
+    def inverse(y: torch.Tensor) -> torch.Tensor:
+        return fixed_point_inverse(lambda x: forward(x) - x, y, FIELD_INVERSE_ITERATIONS,
+                                   FIELD_INVERSE_TOLERANCE)
+
+    return Composition(forward, phi_ab), Composition(phi_ba, inverse)
 
 
 def _ncc_in(a: np.ndarray, b: np.ndarray, region: np.ndarray | None) -> float:
@@ -132,7 +166,7 @@ def _summary(pair: LoadedPair, dense: DenseFields, io: IOResult, device) -> dict
 
 def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tuple | None = None,
                   io_params: str = "all", network_view: tuple | None = None,
-                  extra_summary: dict | None = None, initial: Affine | None = None,
+                  extra_summary: dict | None = None, initial: Affine | Field | None = None,
                   aligned: tuple | None = None) -> Result:
     """Register ``pair`` with the IO mode ``cfg['io']['mode']`` -> an in-memory Result.
 
@@ -147,7 +181,10 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
     an alignment the maps are phi_AB = A o phi and phi_BA = phi^-1 o A^-1 (A the affine, phi
     what IO optimized on the aligned pair); the moving image is sampled once, through the whole
     map. ``aligned``: an alignment (Affine, info) already made (a network's view of the pair was
-    built through it); it is composed the same way.
+    built through it); it is composed the same way. A displacement field as ``initial`` (F,
+    fixed -> moving) replaces the alignment: IO optimizes on the moving image resampled through
+    F (:func:`pair_tensors`), phi_AB = F o phi and phi_BA = phi^-1 o F^-1 (:func:`_after_field`),
+    and the moving image is again sampled once, through the whole map.
     """
     validate_pairwise(cfg)
     t0 = time.perf_counter()
@@ -155,15 +192,18 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     affine, align_info = aligned if aligned is not None else (None, None)
+    start_field = initial if isinstance(initial, Field) else None
     if network_view is None:
-        if init is None:  # a given start map (init) is the whole map: no alignment before it
+        # a given start map (init, or a start field) is the whole map: no alignment before it
+        if init is None and start_field is None:
             affine, align_info = global_alignment(pair, cfg, initial, progress)
-        tensors, frame_to_net = pair_tensors(pair, cfg, device, affine), None
+        tensors, frame_to_net = pair_tensors(pair, cfg, device, affine, start_field), None
     else:
         tensors, frame_to_net = network_view
     if cfg["align"]["only"]:
+        start = "initial displacement field" if start_field is not None else "affine"
         io = IOResult(mode="none", phi_ab=_identity, phi_ba=_identity,
-                      info={"inverse": "the inverse of the affine (alignment only)"})
+                      info={"inverse": f"the inverse of the {start} (alignment only)"})
     else:
         io = instance_optimize(tensors, cfg, init=init, io_params=io_params, progress=progress)
     phi_ab, phi_ba = io.phi_ab, io.phi_ba
@@ -172,6 +212,8 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
     if affine is not None:
         phi_ab = Composition(affine.in_frame(pair.fixed.grid), phi_ab)
         phi_ba = Composition(phi_ba, affine.inverse().in_frame(pair.fixed.grid))
+    if start_field is not None:
+        phi_ab, phi_ba = _after_field(start_field, pair.fixed.grid, phi_ab, phi_ba)
 
     t_dense = time.perf_counter()
     dense = dense_fields(phi_ab, phi_ba, pair.moving.data, pair.fixed.grid, pair.moving.grid,

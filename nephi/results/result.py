@@ -30,9 +30,10 @@ from nephi.io.fields import read_field, save_scalar, write_displacement_field
 from nephi.io.images import Image, as_image, load_image, save_image
 from nephi.io.itk import write_displacement_h5
 from nephi.io.itk_affine import write_affine, write_composite
-from nephi.io.layout import (AFFINE, COMPOSITE, FORWARD, FORWARD_H5, IMAGE_SUFFIXES, INVERSE,
-                             INVERSE_AFFINE, INVERSE_COMPOSITE, INVERSE_H5, JACOBIAN,
-                             LANDMARKS_MOVING, LOG_JACOBIAN, QC_FILE, SUMMARY, WARPED, image_file)
+from nephi.io.layout import (AFFINE, COMPOSITE, DEFORMABLE, FORWARD, FORWARD_H5, IMAGE_SUFFIXES,
+                             INVERSE, INVERSE_AFFINE, INVERSE_COMPOSITE, INVERSE_DEFORMABLE,
+                             INVERSE_H5, JACOBIAN, LANDMARKS_MOVING, LOG_JACOBIAN, QC_FILE,
+                             SUMMARY, WARPED, image_file)
 from nephi.io.points import save_points
 from nephi.results.jacobian import log_jacobian as log_of_jacobian
 from nephi.results.quicklook import write_overview
@@ -108,13 +109,15 @@ class Result:
                     save_scalar(os.path.join(tmp, image_file(LOG_JACOBIAN, image_suffix)),
                                 log_of_jacobian(self.scalar(JACOBIAN)), forward.grid)
             if self.affine is not None:
-                write_affine(os.path.join(tmp, AFFINE), self.affine)
-                write_affine(os.path.join(tmp, INVERSE_AFFINE), self.affine.inverse())
                 inverse_affine = self.affine.inverse()
-                write_composite(os.path.join(tmp, COMPOSITE), self.affine,
-                                self.affine.field_before(forward))
-                write_composite(os.path.join(tmp, INVERSE_COMPOSITE), inverse_affine,
-                                inverse_affine.field_before(inverse))
+                for affine, whole, names in (
+                        (self.affine, forward, (AFFINE, DEFORMABLE, COMPOSITE)),
+                        (inverse_affine, inverse, (INVERSE_AFFINE, INVERSE_DEFORMABLE,
+                                                   INVERSE_COMPOSITE))):
+                    part = affine.field_before(whole)
+                    write_affine(os.path.join(tmp, names[0]), affine)
+                    write_displacement_field(os.path.join(tmp, names[1]), part.disp, part.grid)
+                    write_composite(os.path.join(tmp, names[2]), affine, part)
             if self.landmarks_moving is not None:
                 save_points(os.path.join(tmp, LANDMARKS_MOVING), self.landmarks_moving)
             if qc:

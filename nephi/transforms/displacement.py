@@ -14,24 +14,37 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nephi.geometry.grid import Grid
+from nephi.geometry.grid import Grid, apply_affine_torch
 from nephi.geometry.sampling import sample_image
 
 
-__all__ = ["Field", "map_points", "outside_grid"]
+__all__ = ["Field", "FrameField", "map_points", "outside_grid"]
+
+
+def _displace(points_ras: torch.Tensor, table: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """p -> p + d(p) for points (B, N, d) in RAS mm, ``table`` (1, d, *S) the displacement
+    (RAS mm) on ``grid``, in the points' dtype and device; ITK's rule outside (module docstring)."""
+    d = grid.ndim
+    index = apply_affine_torch(grid.ras_to_index, points_ras)
+    norm = apply_affine_torch(grid.ras_to_normalized, points_ras)
+    disp = sample_image(table.expand(points_ras.shape[0], *table.shape[1:]), norm,
+                        padding="border").transpose(1, 2)
+    # ITK: inside the buffer means continuous index in [-0.5, N - 0.5]; zero displacement outside
+    upper = torch.as_tensor(grid.shape, dtype=index.dtype, device=index.device) - 0.5
+    inside = ((index >= -0.5) & (index <= upper)).all(dim=-1, keepdim=True)
+    return points_ras + disp * inside.to(disp.dtype)
+
+
+def _displacement_table(disp_ras: np.ndarray, dtype=torch.float64, device=None) -> torch.Tensor:
+    """A displacement field (*S, d) as the (1, d, *S) tensor :func:`_displace` samples."""
+    field = torch.as_tensor(np.asarray(disp_ras), dtype=dtype, device=device)
+    return field.movedim(-1, 0).unsqueeze(0)
 
 
 def map_points(points_ras: np.ndarray, disp_ras: np.ndarray, grid: Grid) -> np.ndarray:
     """p -> p + d(p) for points (N, d) in RAS mm and a displacement field (*S, d) on ``grid``."""
-    points_ras = np.asarray(points_ras, dtype=np.float64)
-    d = grid.ndim
-    index = grid.ras_to_index_points(points_ras)
-    norm = torch.as_tensor(grid.ras_to_normalized_points(points_ras), dtype=torch.float64)
-    field = torch.as_tensor(np.asarray(disp_ras, dtype=np.float64)).movedim(-1, 0).unsqueeze(0)
-    disp = sample_image(field, norm.reshape(1, -1, d), padding="border")[0].T.numpy()
-    # ITK: inside the buffer means continuous index in [-0.5, N - 0.5]; zero displacement outside
-    inside = np.all((index >= -0.5) & (index <= np.asarray(grid.shape) - 0.5), axis=1)
-    return points_ras + disp * inside[:, None]
+    points = torch.as_tensor(np.asarray(points_ras, dtype=np.float64)).unsqueeze(0)
+    return _displace(points, _displacement_table(disp_ras), grid)[0].numpy()
 
 
 def outside_grid(points_ras: np.ndarray, grid: Grid) -> np.ndarray:
@@ -52,3 +65,26 @@ class Field:
 
     def __call__(self, points_ras: np.ndarray) -> np.ndarray:
         return map_points(points_ras, self.disp, self.grid)
+
+    def in_frame(self, grid: Grid) -> "FrameField":
+        """The same map as a point map of ``grid``'s normalized frame (fixed frame points ->
+        moving physical points expressed in that frame's coordinates), as
+        :meth:`nephi.transforms.affine.Affine.in_frame` does for an affine."""
+        return FrameField(self, grid)
+
+
+class FrameField:
+    """A :class:`Field` seen in a grid's frame: x (B, N, d) -> M^-1 phi(M x), M the grid's
+    normalized -> RAS matrix and phi the field's map p -> p + d(p) (RAS mm)."""
+
+    def __init__(self, field: Field, grid: Grid):
+        self.field, self.grid = field, grid
+        self._tables: dict = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.dtype, x.device)
+        if key not in self._tables:
+            self._tables[key] = _displacement_table(self.field.disp, x.dtype, x.device)
+        ras = apply_affine_torch(self.grid.normalized_to_ras, x)
+        moved = _displace(ras, self._tables[key], self.field.grid)
+        return apply_affine_torch(self.grid.ras_to_normalized, moved)
