@@ -136,12 +136,12 @@ class GridInterpolation:
         partial = values[0]  # (C, G0, G1, ...): contract every axis but the first
         for axis in range(1, len(self.shape)):
             partial = (partial.movedim(axis + 1, -1) @ weights[axis].T).movedim(-1, axis + 1)
-        self.partial = partial  # (C, G0, N1, N2, ...)
+        self.partial = partial.movedim(0, -1).contiguous()  # (G0, N1, N2, ..., C)
         self.first = weights[0]  # (N0, G0)
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
-        slab = torch.tensordot(self.first[start:stop], self.partial, dims=([1], [1]))
-        return slab.movedim(1, -1).reshape(-1, self.partial.shape[0])
+        slab = torch.tensordot(self.first[start:stop], self.partial, dims=([1], [0]))
+        return slab.reshape(-1, self.partial.shape[-1])
 
 
 def gaussian_smooth(volume: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -177,10 +177,12 @@ class ModulatedSiren(nn.Module):
         h = self.embed(x)
         g = None
         with self._hidden_autocast(x):
+            if self.precision == "bf16":  # cast once, not at every layer that reads it
+                z_local = z_local.to(torch.bfloat16)
             for layer, (syn, mod) in enumerate(zip(self.synthesis, self.modulation)):
                 w_g, w_zg, w_zl = self._modulation_parts(layer)
-                bias = (z_global @ w_zg.T + mod.bias).unsqueeze(1)
                 a = F.linear(z_local, w_zl)
+                bias = (z_global @ w_zg.T + mod.bias).unsqueeze(1).to(a.dtype)
                 a = a.add_(bias) if inplace else a + bias
                 if g is not None:
                     a = a.add_(F.linear(g, w_g)) if inplace else a + F.linear(g, w_g)
