@@ -93,11 +93,16 @@ def dense_fields(phi_ab: PointMap, phi_ba: PointMap, moving_data: np.ndarray, fi
     )
 
 
-def tabulate(fn: PointMap, shape, device) -> PointMap:
+def tabulate(fn: PointMap, shape, device, twice_differentiable: bool = True) -> PointMap:
     """fn (1, n, d) -> (1, n, d) tabulated on a grid of ``shape`` over [-1, 1]^d (voxel centres,
     align_corners) and linearly interpolated between: x -> x + D(x), with D the table of
-    fn(p) - p (:func:`nephi.geometry.sampling.interpolate_linear`: twice differentiable in x, constant
-    beyond the border). Exact at the grid points; its second derivatives vanish between them."""
+    fn(p) - p, constant beyond the border. Exact at the grid points; its second derivatives
+    vanish between them. ``twice_differentiable``: interpolate with
+    :func:`nephi.geometry.sampling.interpolate_linear` (a table inside a loss that is
+    differentiated twice, such as GradICON's); otherwise with ``grid_sample`` (the same values,
+    faster; for export)."""
     disp = on_grid(fn, shape, 32768, device) - grid_points(shape, device)
     table = disp.reshape(*shape, len(shape)).movedim(-1, 0).unsqueeze(0)
-    return lambda x: x + interpolate_linear(table.expand(x.shape[0], *table.shape[1:]), x)
+    if twice_differentiable:
+        return lambda x: x + interpolate_linear(table.expand(x.shape[0], *table.shape[1:]), x)
+    return lambda x: x + sample_image(table.expand(x.shape[0], *table.shape[1:]), x).transpose(1, 2)
