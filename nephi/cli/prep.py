@@ -7,6 +7,8 @@ HDF5 pair files (layout in :mod:`nephi.data.pairfile`, read by ``train/train.py`
     nephi-prep pairs --csv PAIRS.csv --out DATA.h5 [--spacing MM..] [--shape N..]
                [--intensity percentile|window|none] [--window LO HI] [--percentiles LO HI]
                [--apply-mask] [--val-fraction F] [--workers W]
+    nephi-prep scans --csv SCANS.csv --out DATA.h5 [--pairs-per-scan K] [--intra N]
+               [--intra-max-mm MM] [--intra-scale-mm MM] [--seed S] [the options of pairs]
     nephi-prep copdgene ROOT --out DATA.h5            (paper recipe, layout in nephi/data/copdgene.py)
     nephi-prep synthetic-lung --n N --out DATA.h5     (population, pair i from seed SEED + i)
     nephi-prep triangles-circles --n N --size S --mode solid|hollow --out DATA.h5
@@ -17,7 +19,9 @@ converts DIR-LAB raw data to NIfTI and a pairs CSV that ``nephi-prep pairs`` rea
 
 PAIRS.csv: header with ``moving,fixed`` and optionally ``name, moving_mask, fixed_mask,
 moving_points, fixed_points, moving_label, fixed_label``; relative paths are relative to the
-CSV's folder; points are CSV files ``x,y[,z]`` in RAS mm.
+CSV's folder; points are CSV files ``x,y[,z]`` in RAS mm. SCANS.csv (unpaired scans): ``image``
+and optionally ``mask, points, label, name, subject``; pairs are drawn among them
+(:func:`nephi.data.builders.build_from_scans`).
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ import sys
 import numpy as np
 
 from nephi.cli.common import OneLineParser, run_cli
-from nephi.data.builders import build_from_rows, build_synthetic_lung, build_triangles_circles
+from nephi.data.builders import (build_from_rows, build_from_scans, build_synthetic_lung,
+                                 build_triangles_circles)
 from nephi.data.copdgene import find_copdgene_pairs
 from nephi.data.dirlab import convert_dirlab
-from nephi.data.preprocess import PrepConfig, read_pairs_csv
+from nephi.data.preprocess import PrepConfig, read_pairs_csv, read_scans_csv
 from nephi.data.synthetic_lung import make_lung_pair
 from nephi.data.triangles_circles import MODES, make_tc_dataset, save_tc_pair_nifti
 from nephi.errors import NephiInputError
@@ -111,6 +116,15 @@ def _pairs(args) -> int:
     return _report(args.out, counts)
 
 
+def _scans(args) -> int:
+    rows = read_scans_csv(args.csv)
+    counts = build_from_scans(rows, args.out, _prep(args), args.pairs_per_scan, args.intra,
+                              args.intra_max_mm, args.intra_scale_mm, args.val_fraction,
+                              args.seed, args.split_seed, _workers(args.workers),
+                              builder=_command(args))
+    return _report(args.out, counts)
+
+
 def _copdgene(args) -> int:
     rows, skipped = find_copdgene_pairs(args.root, require_masks=args.apply_mask)
     for subject, reason in skipped.items():
@@ -164,6 +178,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prep_options(p)
     _add_split_workers(p)
     p.set_defaults(func=_pairs)
+
+    p = sub.add_parser("scans", help="unpaired scans listed in a CSV -> HDF5 pair file",
+                       description="Training pairs drawn among unpaired scans (CSV columns "
+                                   "image and optionally mask, points, label, name, subject): "
+                                   "inter-subject pairs of different scans and, with --intra, "
+                                   "a scan with a random smooth deformation of itself (known "
+                                   "map: its points are carried over). The validation split "
+                                   "is made of whole subjects.")
+    p.add_argument("--csv", required=True, help="scans CSV")
+    p.add_argument("--out", required=True, help="output HDF5 file")
+    p.add_argument("--pairs-per-scan", type=int, default=4, metavar="K",
+                   help="inter-subject pairs with each scan as the fixed image, moving scans "
+                        "drawn among the others of its split (default 4; 0 = none)")
+    p.add_argument("--intra", type=int, default=0, metavar="N",
+                   help="intra-subject pairs per scan: the scan (fixed) and a random smooth "
+                        "deformation of it (moving) (default 0)")
+    p.add_argument("--intra-max-mm", type=float, default=8.0, metavar="MM",
+                   help="largest velocity (about the largest displacement) of those "
+                        "deformations in mm (default 8)")
+    p.add_argument("--intra-scale-mm", type=float, default=40.0, metavar="MM",
+                   help="distance over which they vary in mm (default 40)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the pair draws and deformations (default 0)")
+    _add_prep_options(p)
+    _add_split_workers(p)
+    p.set_defaults(func=_scans)
 
     p = sub.add_parser("copdgene", help="COPDGene-style folder -> HDF5 (NePhi paper recipe)",
                        description="Inspiration/expiration lung CT pairs of a COPDGene-style "

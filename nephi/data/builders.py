@@ -127,6 +127,118 @@ def build_from_rows(rows: list, out: str, prep: PrepConfig, val_fraction: float 
                   _run(_csv_job, [(r, prep) for r in rows], workers))
 
 
+def _row_of_pair(moving: dict, fixed: dict, points: bool) -> dict:
+    """A pairs-CSV row (:func:`_csv_job`) of two scans-CSV rows; with ``points`` their points."""
+    row = {"line": fixed["line"], "moving": moving["image"], "fixed": fixed["image"]}
+    for side, scan in (("moving", moving), ("fixed", fixed)):
+        row[f"{side}_mask"], row[f"{side}_label"] = scan["mask"], scan["label"]
+        row[f"{side}_points"] = scan["points"] if points else None
+    return row
+
+
+def intra_deformation(grid: Grid, max_mm: float, scale_mm: float, seed: int):
+    """The known map T of an intra-subject pair on a network ``grid``: a
+    :class:`nephi.data.augment.SpatialMap` (no affine part) of the random diffeomorphism of
+    largest velocity ``max_mm`` drawn from ``seed``. The moving image is the scan pulled back
+    by T; a scan point p sits at T^-1(p) in it."""
+    import torch
+
+    from nephi.data.augment import SpatialMap, random_diffeomorphisms
+
+    frame = Grid(grid.shape, np.diag([*grid.spacing, 1.0]))
+    forward, inverse = random_diffeomorphisms(frame, torch.tensor([float(max_mm)]), scale_mm,
+                                              torch.Generator().manual_seed(seed))
+    return SpatialMap(torch.eye(grid.ndim + 1, dtype=torch.float64)[None], frame, forward,
+                      inverse)
+
+
+def _scan_pair_job(job: tuple):
+    """A pair of ``nephi-prep scans``: ("inter", moving scan, fixed scan, prep) or ("intra",
+    scan, prep, (max_mm, scale_mm, seed))."""
+    import torch
+
+    if job[0] == "inter":
+        _, moving, fixed, prep = job
+        pair = _csv_job((_row_of_pair(moving, fixed, points=False), prep))
+        if moving["points"] and fixed["points"]:
+            d = pair.grid.ndim
+            pts = [load_points(s["points"], d, "points") for s in (moving, fixed)]
+            if len(pts[0]) == len(pts[1]):  # row k of every scan: the same landmark
+                pair.moving_points, pair.fixed_points = pts
+        pair.source = f"nephi-prep scans: inter-subject, scans {moving['name']} -> {fixed['name']}"
+        return pair
+    _, scan, prep, (max_mm, scale_mm, seed) = job
+    pair = _csv_job((_row_of_pair(scan, scan, points=bool(scan["points"])), prep))
+    grid = pair.grid
+    spatial = intra_deformation(grid, max_mm, scale_mm, seed)
+
+    def pulled(volume, mode):
+        vol = torch.as_tensor(np.asarray(volume, dtype=np.float32)).reshape(1, 1, *grid.shape)
+        return spatial.resample(vol, mode=mode).reshape(grid.shape).numpy()
+
+    pair.moving = pulled(pair.fixed, "bilinear")
+    if pair.fixed_mask is not None:
+        pair.moving_mask = pulled(pair.fixed_mask, "nearest") > 0.5
+    if pair.fixed_label is not None:
+        pair.moving_label = np.rint(pulled(pair.fixed_label, "nearest")).astype(np.int16)
+    if pair.fixed_points is not None:
+        frame = torch.as_tensor(grid.ras_to_normalized_points(pair.fixed_points))[None]
+        pair.moving_points = grid.normalized_to_ras_points(spatial.inverse(frame)[0].numpy())
+    pair.source = (f"nephi-prep scans: intra-subject, scan {scan['name']} pulled back by "
+                   f"nephi.data.builders.intra_deformation(max_mm={max_mm:g}, "
+                   f"scale_mm={scale_mm:g}, seed={seed})")
+    return pair
+
+
+def build_from_scans(scans: list, out: str, prep: PrepConfig, pairs_per_scan: int = 4,
+                     intra: int = 0, intra_max_mm: float = 8.0, intra_scale_mm: float = 40.0,
+                     val_fraction: float = 0.1, seed: int = 0, split_seed: int = 0,
+                     workers: int = 1, builder: str = "") -> dict:
+    """Training pairs among the unpaired scans of :func:`nephi.data.preprocess.read_scans_csv`.
+
+    Subjects (column ``subject``, else each scan its own) are split into training and
+    validation (``val_fraction`` of the subjects, seeded by ``split_seed``), so no subject is on
+    both sides. Within each split, every scan is the fixed image of ``pairs_per_scan`` pairs
+    (fewer when the split has fewer other scans) whose moving scans are drawn without
+    replacement among the others (inter-subject, named ``MOVING__FIXED``; landmarks kept when
+    both scans have as many); with ``intra`` > 0 each scan is also the fixed image of ``intra``
+    pairs whose moving image is the scan pulled back by a random diffeomorphism of largest
+    velocity ``intra_max_mm`` mm (:func:`intra_deformation`; named ``SCAN__deformed_K``),
+    its landmarks moved by the inverse. Every draw comes from ``seed``. Returns the counts."""
+    for option, value in (("--pairs-per-scan", pairs_per_scan), ("--intra", intra)):
+        if value < 0:
+            raise NephiInputError(f"{option}: must be >= 0, got {value}")
+    if intra and not (intra_max_mm > 0 and intra_scale_mm > 0):
+        raise NephiInputError("--intra-max-mm and --intra-scale-mm: must be positive")
+    scans = [{**row, "name": row["name"] or f"scan_{i:04d}"} for i, row in enumerate(scans)]
+    if len({s["name"] for s in scans}) != len(scans):
+        raise NephiInputError("scan names must be unique (column name)")
+    subjects = list(dict.fromkeys(s["subject"] or s["name"] for s in scans))
+    split_of = dict(zip(subjects, assign_splits(len(subjects), val_fraction, split_seed)))
+    if prep.shape is None:
+        prep = PrepConfig(**{**prep.to_dict(), "shape": default_target_shape(
+            [{"fixed": s["image"]} for s in scans], prep.spacing)})
+    rng = np.random.default_rng(seed)
+    names, splits, jobs = [], [], []
+    for split in ("train", "val"):
+        members = [k for k, s in enumerate(scans) if split_of[s["subject"] or s["name"]] == split]
+        for j in members:
+            others = [k for k in members if k != j]
+            for k in rng.permutation(others)[:pairs_per_scan]:
+                names.append(f"{scans[k]['name']}__{scans[j]['name']}")
+                jobs.append(("inter", scans[k], scans[j], prep))
+                splits.append(split)
+            for n in range(intra):
+                deform = (intra_max_mm, intra_scale_mm, int(rng.integers(2 ** 31)))
+                names.append(f"{scans[j]['name']}__deformed_{n}")
+                jobs.append(("intra", scans[j], prep, deform))
+                splits.append(split)
+    if not jobs:
+        raise NephiInputError("nephi-prep scans: no pair to write (inter-subject pairs need two "
+                              "scans in a split; or ask for --intra pairs)")
+    return _write(out, prep, builder, names, splits, _run(_scan_pair_job, jobs, workers))
+
+
 def _nifti_image(img, path: str = "") -> Image:
     data = np.asarray(img.dataobj, dtype=np.float32)
     return Image(data=data, grid=Grid(data.shape, spatial_affine(img.affine, data.ndim)),
@@ -196,5 +308,5 @@ def build_triangles_circles(out: str, n: int, size: int = 128, mode: str = "soli
                   prepared())
 
 
-__all__ = ["build_from_rows", "build_synthetic_lung", "build_triangles_circles",
-           "default_target_shape", "LUNG_WINDOW"]
+__all__ = ["build_from_rows", "build_from_scans", "intra_deformation", "build_synthetic_lung",
+           "build_triangles_circles", "default_target_shape", "LUNG_WINDOW"]

@@ -203,35 +203,57 @@ def assign_splits(n: int, val_fraction: float, seed: int = 0) -> list:
     return ["val" if i in val else "train" for i in range(n)]
 
 
-def read_pairs_csv(path: str) -> list:
-    """Rows of a pairs CSV as dicts with absolute paths (relative ones are taken from the CSV's
-    folder). Columns ``moving,fixed`` are required; ``moving_mask, fixed_mask, moving_points,
-    fixed_points, moving_label, fixed_label, name`` are optional (empty cell = none)."""
+def _read_csv(path: str, kind: str, required: tuple, optional: tuple, text: tuple) -> list:
+    """Rows of a ``kind`` CSV ("pairs", "scans") as dicts: ``line``, the ``text`` columns
+    (stripped, "" when empty) and the path columns ``required`` + ``optional`` (absolute;
+    relative ones are taken from the CSV's folder; None when an optional cell is empty)."""
     if not os.path.isfile(path):
-        raise NephiInputError(f"pairs CSV {path}: file not found")
+        raise NephiInputError(f"{kind} CSV {path}: file not found")
     base = os.path.dirname(os.path.abspath(path))
-    optional = ("moving_mask", "fixed_mask", "moving_points", "fixed_points", "moving_label",
-                "fixed_label")
     rows = []
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
-        if "moving" not in cols or "fixed" not in cols:
-            raise NephiInputError(f"pairs CSV {path}: needs a header with columns moving,fixed")
-        unknown = set(cols) - {"moving", "fixed", "name", *optional}
+        if any(c not in cols for c in required):
+            raise NephiInputError(f"{kind} CSV {path}: needs a header with columns "
+                                  f"{','.join(required)}")
+        unknown = set(cols) - {*required, *optional, *text}
         if unknown:
-            raise NephiInputError(f"pairs CSV {path}: unknown columns {sorted(unknown)}")
+            raise NephiInputError(f"{kind} CSV {path}: unknown columns {sorted(unknown)}")
         for line, row in enumerate(reader, start=2):
-            item = {"line": line, "name": (row.get("name") or "").strip()}
-            for key in ("moving", "fixed", *optional):
+            item = {"line": line, **{k: (row.get(k) or "").strip() for k in text}}
+            for key in (*required, *optional):
                 value = (row.get(key) or "").strip()
                 if not value:
-                    if key in ("moving", "fixed"):
-                        raise NephiInputError(f"pairs CSV {path}: line {line} has no {key}")
+                    if key in required:
+                        raise NephiInputError(f"{kind} CSV {path}: line {line} has no {key}")
                     item[key] = None
                 else:
                     item[key] = value if os.path.isabs(value) else os.path.join(base, value)
             rows.append(item)
     if not rows:
-        raise NephiInputError(f"pairs CSV {path}: holds no pair")
+        raise NephiInputError(f"{kind} CSV {path}: holds no {kind[:-1]}")
+    return rows
+
+
+def read_pairs_csv(path: str) -> list:
+    """Rows of a pairs CSV as dicts with absolute paths (relative ones are taken from the CSV's
+    folder). Columns ``moving,fixed`` are required; ``moving_mask, fixed_mask, moving_points,
+    fixed_points, moving_label, fixed_label, name`` are optional (empty cell = none)."""
+    return _read_csv(path, "pairs", ("moving", "fixed"),
+                     ("moving_mask", "fixed_mask", "moving_points", "fixed_points",
+                      "moving_label", "fixed_label"), ("name",))
+
+
+def read_scans_csv(path: str) -> list:
+    """Rows of a scans CSV (unpaired scans) as dicts with absolute paths: column ``image``
+    required; ``mask, points, label`` (paths) and ``name, subject`` (text) optional. Every
+    file named must exist."""
+    rows = _read_csv(path, "scans", ("image",), ("mask", "points", "label"),
+                     ("name", "subject"))
+    for row in rows:
+        for key in ("image", "mask", "points", "label"):
+            if row[key] is not None and not os.path.exists(row[key]):
+                raise NephiInputError(f"scans CSV {path}: line {row['line']}: {key} "
+                                      f"{row[key]}: file not found")
     return rows
