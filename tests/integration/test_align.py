@@ -74,27 +74,20 @@ def test_rigid_motion_alone_is_recovered(lung):
     assert result.summary["io_steps"] == 0
 
 
-def run(root, paths, name, *extra) -> dict:
+def run(root, paths, name, *extra, moving: str = "moved") -> dict:
+    """nephi-infer (test settings) on the pair whose moving scan is ``moving``: "moved" (with the
+    rigid motion) or "exhale" (breathing motion only) -> summary.json."""
     out = root / name
-    assert main(["--pair", paths["moved"], paths["inhale"], "--mask", paths["inhale_mask"],
+    assert main(["--pair", paths[moving], paths["inhale"], "--mask", paths["inhale_mask"],
                  "--landmarks", paths["inhale_points"], "--moving-landmarks",
-                 paths["moved_points"], "--out", str(out), *FAST, *extra]) == 0
-    return json.loads((out / "summary.json").read_text(encoding="utf-8"))
-
-
-def run_unmoved(root, paths, name, *extra) -> dict:
-    """The pair without the rigid motion (breathing motion only)."""
-    out = root / name
-    assert main(["--pair", paths["exhale"], paths["inhale"], "--mask", paths["inhale_mask"],
-                 "--landmarks", paths["inhale_points"], "--moving-landmarks",
-                 paths["exhale_points"], "--out", str(out), *FAST, *extra]) == 0
+                 paths[f"{moving}_points"], "--out", str(out), *FAST, *extra]) == 0
     return json.loads((out / "summary.json").read_text(encoding="utf-8"))
 
 
 def test_alignment_then_deformable_reaches_the_unmoved_error(lung, capsys):
     root, paths, true, pair = lung
     moved = run(root, paths, "aligned")
-    unmoved = run_unmoved(root, paths, "plain", "--align", "none")
+    unmoved = run(root, paths, "plain", "--align", "none", moving="exhale")
     none = run(root, paths, "unaligned", "--align", "none")
     after = moved["landmark_error_after_mm"]["mean_mm"]
     assert moved["landmark_error_before_mm"]["mean_mm"] > 15.0
@@ -209,9 +202,9 @@ def test_initial_displacement_field(lung, capsys):
     alignment on top, IO refines it, warp.nii.gz stays the whole map and the moving image is
     sampled once, through it. The .h5 forms and ANTs' *Warp.nii.gz read as the same map."""
     root, paths, true, pair = lung
-    short = run_unmoved(root, paths, "short", "--align", "none", "--io-steps", "8")
+    short = run(root, paths, "short", "--align", "none", "--io-steps", "8", moving="exhale")
     start = root / "short" / "warp.nii.gz"
-    refined = run_unmoved(root, paths, "from_field", "--initial-transform", str(start))
+    refined = run(root, paths, "from_field", "--initial-transform", str(start), moving="exhale")
     out = root / "from_field"
     assert refined["initial_transform"]["type"] == "displacement field" and "align" not in refined
     before = short["landmark_error_after_mm"]["mean_mm"]
@@ -220,8 +213,8 @@ def test_initial_displacement_field(lung, capsys):
     assert refined["inverse_consistency_mm_mean"] < 0.5  # inverse_warp includes F^-1
     assert not (out / "affine.mat").exists()
     # the start alone (--align-only) is the short run's map
-    alone = run_unmoved(root, paths, "field_only", "--align-only", "--initial-transform",
-                        str(start))
+    alone = run(root, paths, "field_only", "--align-only", "--initial-transform", str(start),
+                moving="exhale")
     assert abs(alone["landmark_error_after_mm"]["mean_mm"] - before) < 0.01
     # warp.nii.gz applied by ITK reproduces warped.nii.gz (inside the body, see above) ...
     field = sitk.DisplacementFieldTransform(sitk.ReadImage(str(out / "warp.nii.gz"),
