@@ -245,7 +245,8 @@ def validate_augment(aug: dict) -> None:
     for key in ("scaling", "shear"):
         _check_fraction(f"augment.affine.{key}", aug["affine"][key], closed=False)
     if aug["affine"]["rotation_deg"] > 180:
-        _fail("augment.affine.rotation_deg", f"must be <= 180, got {aug['affine']['rotation_deg']!r}")
+        _fail("augment.affine.rotation_deg",
+              f"must be <= 180, got {aug['affine']['rotation_deg']!r}")
     _check_positive("augment.deform.max_mm", aug["deform"]["max_mm"], zero=True)
     _check_positive("augment.deform.scale_mm", aug["deform"]["scale_mm"])
     for key in ("gamma", "bias", "noise"):

