@@ -1,3 +1,4 @@
-"""Training data: preprocessing onto a network grid, the HDF5 pair file, dataset builders, and the
-generators and converters (synthetic lung, Triangles & Circles, DIR-LAB, COPDGene).
+"""Training data: preprocessing onto a network grid, the HDF5 pair file, dataset builders (pairs,
+unpaired scans), on-the-fly augmentation, and the generators and converters (synthetic lung,
+Triangles & Circles, DIR-LAB, COPDGene).
 """
