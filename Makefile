@@ -8,7 +8,7 @@ STAMP := $(VENV)/.nephi-installed
 TORCH := torch==2.13.0
 DEMO := demo_output
 
-.PHONY: demo test install bench train-lung clean
+.PHONY: demo test install bench bench-recipe train-lung clean
 
 install: $(STAMP)
 
@@ -54,6 +54,17 @@ $(LUNG_CKPT): | $(STAMP)
 bench: $(BENCH_STAMP) $(CHECKPOINT)
 	$(PY) benchmarks/bench_peers.py --checkpoint $(CHECKPOINT) $(BENCH_ARGS)
 	$(PY) benchmarks/bench_jacobian.py
+
+# `make bench-recipe`: the recipe of issue 13 (benchmarks/bench_recipe.py): a population of
+# MNI152 head CT subjects (random affine + smooth deformation each), `nephi-prep scans`, 60 min
+# of training of configs/heads_cpu.yaml on 2 CPU processes (skipped when done, resumed when
+# interrupted), then 10 held-out pairs: nephi feed-forward, + 100 IO steps, ANTs SyN MI and CC
+# 100x70x50 -> runs/recipe_heads/results.md. A smoke run: RECIPE_ARGS="--train-minutes 2
+# --heldout 2 --subjects 8 --grid 32 --grid-spacing 7 --out /tmp/recipe_tiny".
+RECIPE_ARGS ?=
+
+bench-recipe: $(BENCH_STAMP)
+	$(PY) benchmarks/bench_recipe.py $(RECIPE_ARGS)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -450,15 +450,17 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
-def aggregate(records: list, groups: list, order: list) -> list:
-    """One row per (group, method): pooled landmark errors, means, max peak, ratios to ANTs."""
+def aggregate(records: list, groups: list, order: list,
+              reference: str = methods.REFERENCE) -> list:
+    """One row per (group, method): pooled landmark errors, means, max peak, ratios to the
+    ``reference`` method (``*_x_ants``)."""
     rows = []
     for group in groups:
         by_method = {}
         for rec in records:
             if rec["group"] == group:
                 by_method.setdefault(rec["method"], []).append(rec)
-        ref = _group_row(by_method.get(methods.REFERENCE, []))
+        ref = _group_row(by_method.get(reference, []))
         for key in order:
             recs = by_method.get(key)
             if not recs:
@@ -502,19 +504,20 @@ TABLE_COLUMNS = [("method", "method"), ("pairs", "pairs"), ("mask", "mask"),
                  ("field_point_gap_mm", "field/points gap mm")]
 
 
-def markdown_tables(rows: list, groups: list, labels: dict) -> str:
-    """A markdown table per group of the aggregated rows."""
+def markdown_tables(rows: list, groups: list, labels: dict,
+                    columns: list = TABLE_COLUMNS) -> str:
+    """A markdown table per group of the aggregated rows; ``columns``: (key, header) pairs."""
     out = []
     for group in groups:
         grows = [r for r in rows if r["group"] == group]
         if not grows:
             continue
         out.append(f"\n### {group}\n")
-        out.append("| " + " | ".join(h for _, h in TABLE_COLUMNS) + " |")
-        out.append("|" + "---|" * len(TABLE_COLUMNS))
+        out.append("| " + " | ".join(h for _, h in columns) + " |")
+        out.append("|" + "---|" * len(columns))
         for r in grows:
             cells = []
-            for col, _ in TABLE_COLUMNS:
+            for col, _ in columns:
                 v = r.get(col)
                 if col == "method":
                     v = labels.get(v, v)
@@ -522,7 +525,8 @@ def markdown_tables(rows: list, groups: list, labels: dict) -> str:
                     v = "fixed" if v else "none"
                 elif col == "pairs" and r.get("failed"):
                     v = f"{v} ({r['failed']} failed)"
-                digits = 3 if col in ("dice", "folding_pct", "field_point_gap_mm") else 2
+                digits = 3 if col in ("dice", "folding_pct", "folding_mask_pct",
+                                      "field_point_gap_mm") else 2
                 if col in ("wall_s", "reg_s", "peak_mb"):
                     digits = 1 if col != "peak_mb" else 0
                 cells.append(_fmt(v, digits))
@@ -773,6 +777,8 @@ def main(argv=None) -> int:
         specs.append(nephi_spec("nephi", 0, checkpoint, profile))
         specs.append(nephi_spec("nephi", cfg["ff_io_steps"], checkpoint, profile, ff_io=True))
     for key in methods.PEERS:
+        if key in methods.RECIPE_PEERS and key not in (args.methods or ()):
+            continue
         spec = peer_spec(key, profile)
         (skipped.append((spec.label, spec.reason)) if spec.reason else specs.append(spec))
     skipped.append(("GradICON (icon-registration)", methods.icon_status()[1]))

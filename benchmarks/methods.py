@@ -330,10 +330,25 @@ def antspy_settings(profile: str, ndim: int) -> dict:
     return s
 
 
+def antspy_syn_settings(metric: str, profile: str, ndim: int) -> dict:
+    """``ants.registration(fixed, moving, "SyN")`` with SyN iterations 100x70x50 (shrink 4x2x1,
+    smoothing 2x1x0 voxels) and the SyN metric ``metric``: ``mattes`` (MI, 32 bins) or ``CC``
+    (radius 4); ANTsPy's affine stage as it ships. The ``test`` profile shortens both."""
+    s = {"type_of_transform": "SyN", "random_seed": 1, "reg_iterations": (100, 70, 50),
+         "syn_metric": metric, "syn_sampling": 32 if metric == "mattes" else 4}
+    if profile == "test":
+        s.update(aff_iterations=(40, 20, 0, 0), reg_iterations=(20, 10, 0))
+    return s
+
+
 def antspy_describe(s: dict) -> str:
     extra = {k: v for k, v in s.items() if k not in ("type_of_transform", "random_seed")}
+    metric = {"mattes": "MI", "CC": "CC"}[s.get("syn_metric", "mattes")]
+    detail = "32 bins" if metric == "MI" else f"radius {s['syn_sampling']}"
+    its = "x".join(str(i) for i in s.get("reg_iterations", (40, 20, 0)))
     return (f"ants.registration(type_of_transform='{s['type_of_transform']}') with ANTsPy's "
-            f"defaults{' and ' + str(extra) if extra else ''} (affine MI, SyN MI 40x20x0)")
+            f"defaults{' and ' + str(extra) if extra else ''} (affine MI, SyN {metric} "
+            f"{detail} {its})")
 
 
 def antspy_run(case: Case, out_dir: str, s: dict, use_mask: bool) -> float:
@@ -550,6 +565,12 @@ PEERS = {
                           lambda p, d: ants_settings("fast", p, d), ants_describe, ants_run),
     "ants-syn-antspy": Peer("ants-syn-antspy", "ANTs SyN (ANTsPy defaults)", "ants", True,
                             antspy_settings, antspy_describe, antspy_run),
+    "ants-syn-mi-100x70x50": Peer("ants-syn-mi-100x70x50", "ANTs SyN, MI, 100x70x50", "ants",
+                                  True, lambda p, d: antspy_syn_settings("mattes", p, d),
+                                  antspy_describe, antspy_run),
+    "ants-syn-cc-100x70x50": Peer("ants-syn-cc-100x70x50", "ANTs SyN, CC, 100x70x50", "ants",
+                                  True, lambda p, d: antspy_syn_settings("CC", p, d),
+                                  antspy_describe, antspy_run),
     "elastix-bspline": Peer("elastix-bspline", "elastix B-spline", "itk", True,
                             elastix_settings, elastix_describe, elastix_run),
     "dipy-syn": Peer("dipy-syn", "dipy SyN", "dipy", False, dipy_settings, dipy_describe,
@@ -559,6 +580,9 @@ PEERS = {
 }
 
 REFERENCE = "ants-syn-strong"
+RECIPE_PEERS = ("ants-syn-mi-100x70x50", "ants-syn-cc-100x70x50")
+"""The peers of the recipe benchmark (``benchmarks/bench_recipe.py``, issue 13);
+``bench_peers.py`` runs them only when ``--methods`` names them."""
 
 
 def peer_available(key: str) -> tuple:

@@ -38,7 +38,7 @@ from nephi.io.points import save_points
 
 
 __all__ = ["Scan", "ScanPair", "mni152", "head_ct", "smooth_displacement", "rigid_motion",
-           "make_pair"]
+           "brain_landmarks", "make_pair"]
 
 _TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 
@@ -162,7 +162,7 @@ def rigid_motion(grid: Grid, degrees: float, shift_mm: Sequence[float],
     return out
 
 
-def _landmarks(scan: Scan, n: int, rng: np.random.Generator, min_mm: float) -> np.ndarray:
+def brain_landmarks(scan: Scan, n: int, rng: np.random.Generator, min_mm: float) -> np.ndarray:
     """Up to ``n`` voxel centres (RAS mm) in the eroded brain at strong gradients, >= min_mm apart."""
     grad = ndimage.gaussian_gradient_magnitude(scan.image.astype(np.float64), 1.0)
     inside = ndimage.binary_erosion(scan.mask, iterations=2)
@@ -233,7 +233,7 @@ def make_pair(scan: Scan, max_mm: float = 8.0, seed: int = 0, degrees: float = 0
     moving = _pull(scan.image, grid, psi, 3, background)
     moving_mask = _pull(scan.mask.astype(np.float32), grid, psi, 1, 0.0) > 0.5
     moving_labels = _pull(scan.labels, grid, psi, 0, 0)
-    y = _landmarks(Scan(moving, moving_mask, moving_labels, grid, scan.modality), n_landmarks,
+    y = brain_landmarks(Scan(moving, moving_mask, moving_labels, grid, scan.modality), n_landmarks,
                    rng, min_mm=2.0 * float(grid.spacing.max()))
     u_at_y = np.stack([_pull(u[..., c], grid, y, 1, 0.0) for c in range(3)], axis=-1)
     motion = rigid_motion(grid, degrees, shift_mm)
