@@ -3,10 +3,11 @@
 Builds N synthetic lung pairs from seeds that no config trains on (default 5000..), registers
 them with ``nephi-infer --checkpoint CKPT --pairs`` twice (``--io-steps 0`` and ``--io-steps K``)
 and prints one markdown table: landmark error before / after (mean and p95 over all landmarks,
-mm), folding inside the fixed lung mask, and seconds per pair (feed-forward, IO).
+mm), folding inside the fixed lung mask, and seconds per pair (feed-forward, IO, export).
 
     .venv/bin/python benchmarks/eval_heldout.py --checkpoint runs/lung_cpu/checkpoints/best.pt \\
-        [--pairs 5] [--io-steps 100] [--out /tmp/heldout] [--threads 1]
+        [--pairs 5] [--io-steps 100] [--out /tmp/heldout] [--threads 1] \\
+        [--options "--set output.field_grid=voxels"]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -60,8 +62,10 @@ def row(label: str, results: list, key: str, times: bool = True) -> str:
     fold = [r.get("folding_percent_in_mask", r["folding_percent"]) for r in results]
     ff = [r["feedforward_seconds"] for r in results]
     io = [r["io_seconds"] for r in results]
+    export = [r["dense_seconds"] for r in results]
     fold_text = f"{max(fold):.3f}" if times else "-"
-    time_text = f"{np.mean(ff):.1f} | {np.mean(io):.1f}" if times else "- | -"
+    time_text = (f"{np.mean(ff):.1f} | {np.mean(io):.1f} | {np.mean(export):.1f}" if times
+                 else "- | - | -")
     return (f"| {label} | {np.mean(means):.2f} (range {min(means):.2f}-{max(means):.2f}) | "
             f"{np.mean(p95):.2f} | {fold_text} | {time_text} |")
 
@@ -77,6 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--motion-mm", type=float, default=12.0)
     p.add_argument("--out", default="/tmp/nephi_heldout")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--options", default="", metavar='"OPTIONS"',
+                   help='more nephi-infer options for every run, e.g. "--set output.field_grid=voxels"')
     args = p.parse_args(argv)
     trained = checkpoint_seeds(args.checkpoint)
     if trained is not None and set(range(args.seed, args.seed + args.pairs)) & set(trained):
@@ -90,17 +96,19 @@ def main(argv=None) -> int:
     for steps in (0, args.io_steps):
         out = os.path.join(args.out, f"io{steps}")
         subprocess.run([nephi_infer(), "--checkpoint", args.checkpoint, "--pairs", pairs_csv,
-                        "--out", out, "--io-steps", str(steps), "--no-progress"],
+                        "--out", out, "--io-steps", str(steps), "--no-progress",
+                        *shlex.split(args.options)],
                        check=True, env=env)
         results[steps] = [json.load(open(os.path.join(out, f"seed_{args.seed + i}",
                                                       "summary.json")))
                           for i in range(args.pairs)]
     print(f"\n{args.pairs} held-out pairs (seeds {args.seed}-{args.seed + args.pairs - 1}, "
           f"{'x'.join(map(str, args.shape))} at {args.spacing[0]:g} mm, motion "
-          f"{args.motion_mm:g} mm), checkpoint {args.checkpoint}, {args.threads} thread(s)\n")
+          f"{args.motion_mm:g} mm), checkpoint {args.checkpoint}, {args.threads} thread(s)"
+          f"{', options ' + args.options if args.options else ''}\n")
     print("| method | landmark error mean (mm) | p95 (mm) | max folding in lung (%) | "
-          "feed-forward s | IO s |")
-    print("|---|---|---|---|---|---|")
+          "feed-forward s | IO s | export s |")
+    print("|---|---|---|---|---|---|---|")
     print(row("before registration", results[0], "landmark_error_before_mm", times=False))
     print(row("feed-forward", results[0], "landmark_error_after_mm"))
     print(row(f"feed-forward + {args.io_steps} IO steps", results[args.io_steps],

@@ -22,6 +22,7 @@ import torch
 from nephi import __version__
 from nephi.config.validate import validate_pairwise
 from nephi.data.preprocess import resample
+from nephi.errors import NephiInputError
 from nephi.geometry.pair import PairTensors
 from nephi.io.atomic import check_output_dir
 from nephi.io.intensity import normalize
@@ -37,7 +38,7 @@ from nephi.results.result import Result
 from nephi.results.warp import mapped_index, sample_index
 from nephi.transforms.affine import Affine
 from nephi.transforms.base import Composition, Conjugated
-from nephi.transforms.dense import DenseFields, dense_fields
+from nephi.transforms.dense import DenseFields, dense_fields, tabulate
 from nephi.transforms.displacement import Field
 
 
@@ -187,6 +188,9 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
     and the moving image is again sampled once, through the whole map.
     """
     validate_pairwise(cfg)
+    if network_view is None and cfg["output"]["field_grid"] == "network":
+        raise NephiInputError("output.field_grid: network needs a trained network "
+                              "(--checkpoint); use auto or voxels")
     t0 = time.perf_counter()
     device = select_device(cfg["device"])
     if device.type == "cuda":
@@ -208,6 +212,10 @@ def register_pair(pair: LoadedPair, cfg: dict, progress: bool = True, init: tupl
         io = instance_optimize(tensors, cfg, init=init, io_params=io_params, progress=progress)
     phi_ab, phi_ba = io.phi_ab, io.phi_ba
     if frame_to_net is not None:
+        if cfg["output"]["field_grid"] != "voxels":  # auto or network: the network's grid
+            shape = tensors.fixed_grid.shape
+            phi_ab, phi_ba = (tabulate(phi, shape, device, twice_differentiable=False)
+                              for phi in (phi_ab, phi_ba))
         phi_ab, phi_ba = Conjugated(phi_ab, frame_to_net), Conjugated(phi_ba, frame_to_net)
     if affine is not None:
         phi_ab = Composition(affine.in_frame(pair.fixed.grid), phi_ab)
