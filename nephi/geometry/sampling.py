@@ -25,11 +25,23 @@ from nephi.geometry.grid import to_grid_sample_order
 
 def sample_image(volume: torch.Tensor, points: torch.Tensor, mode: str = "bilinear",
                  padding: str = "border") -> torch.Tensor:
-    """Sample ``volume`` (B, C, *S) at ``points`` (B, N, d) -> (B, C, N)."""
+    """Sample ``volume`` (B, C, *S) at ``points`` (B, N, d) -> (B, C, N).
+
+    ``padding`` (outside the outermost voxel centres): ``border`` (the edge values), ``zeros``
+    (values fade to 0 over one voxel, grid_sample's rule) or ``itk`` (edge values up to half a
+    voxel beyond the outermost centres, 0 further out: ITK's buffer test with its linear
+    interpolator, so ITK, ANTs and SimpleITK resample exactly as this does).
+    """
     b, n, d = points.shape
     grid = to_grid_sample_order(points).reshape(b, n, *([1] * (d - 1)), d)
-    out = F.grid_sample(volume, grid, mode=mode, padding_mode=padding, align_corners=True)
-    return out.reshape(b, volume.shape[1], n)
+    mode_padding = "border" if padding == "itk" else padding
+    out = F.grid_sample(volume, grid, mode=mode, padding_mode=mode_padding, align_corners=True)
+    out = out.reshape(b, volume.shape[1], n)
+    if padding == "itk":
+        sizes = torch.tensor(volume.shape[2:], dtype=points.dtype, device=points.device)
+        bound = 1.0 + 1.0 / (sizes - 1.0).clamp(min=1.0)  # index -0.5 and N - 0.5
+        out = out * (points.abs() <= bound).all(dim=-1).unsqueeze(1).to(out.dtype)
+    return out
 
 
 def _cell(values: torch.Tensor, points: torch.Tensor):

@@ -13,8 +13,8 @@ moving grid.
 
 Interpolators (``interp``):
 
-* ``linear``: multilinear, exactly as ``warped.nii.gz`` is made (``grid_sample``, zero padding:
-  values fade to 0 within one voxel beyond the outermost voxel centres).
+* ``linear``: multilinear, exactly as ``warped.nii.gz`` is made and as ITK's linear
+  interpolator does it (edge values up to half a voxel beyond the outermost voxel centres).
 * ``cubic``: cubic B-spline (the image is prefiltered once into spline coefficients with mirror
   boundaries, as ``scipy.ndimage.map_coordinates(order=3)`` does).
 * ``nearest``: the value of the nearest voxel.
@@ -23,8 +23,8 @@ Interpolators (``interp``):
   label with the largest weight wins (ties: the smaller label value). Labels are processed in
   groups, so memory grows with the group size, not with the number of labels.
 
-For ``cubic``, ``nearest`` and ``label`` a point is outside the image (value 0) when its
-continuous voxel index leaves [-0.5, N - 0.5] on some axis (ITK's buffer test). The output
+For every interpolator a point is outside the image (value 0) when its continuous voxel index
+leaves [-0.5, N - 0.5] on some axis (ITK's buffer test). The output
 keeps the input's voxel type: integer images are rounded and clipped to the type's range after
 ``linear`` or ``cubic`` interpolation; ``nearest`` and ``label`` only copy existing values.
 """
@@ -135,7 +135,7 @@ def sample_index(data: np.ndarray, index: np.ndarray, interp: str = "linear",
         volume = torch.as_tensor(np.asarray(data, dtype=np.float32)).reshape(1, 1, *shape)
         for start in range(0, m, chunk):
             out[start:start + chunk] = _linear(volume, index[start:start + chunk], shape,
-                                               "zeros")[0]
+                                               "itk")[0]
         return out
     from scipy import ndimage  # here, not at the top: 0.2 s of every command's start-up
 

@@ -24,7 +24,8 @@ class DenseFields:
 
     forward_disp_ras: (*S_fixed, d) phi_AB(x) - x in RAS mm on the fixed grid.
     backward_disp_ras: (*S_moving, d) phi_BA(y) - y in RAS mm on the moving grid.
-    warped: (*S_fixed) moving intensities at phi_AB(x) (linear, 0 outside the moving image).
+    warped: (*S_fixed) moving intensities at phi_AB(x) (linear, 0 outside the moving image by
+        ITK's rule: :func:`nephi.geometry.sampling.sample_image` with ``padding="itk"``).
     jacobian: (*S_fixed) det of the Jacobian of phi_AB.
     inverse_error_mm: (*S_fixed) |phi_BA(phi_AB(x)) - x| in mm, phi_BA read from
         ``backward_disp_ras`` by trilinear interpolation (as the exported fields compose).
@@ -58,7 +59,7 @@ def dense_fields(phi_ab: PointMap, phi_ba: PointMap, moving_data: np.ndarray, fi
     warped = torch.empty(x.shape[0], device=device)
     for start in range(0, x.shape[0], chunk):
         pts = apply_affine_torch(frame_to_moving, ab[start:start + chunk]).unsqueeze(0)
-        warped[start:start + chunk] = sample_image(moving, pts, padding="zeros")[0, 0]
+        warped[start:start + chunk] = sample_image(moving, pts, padding="itk")[0, 0]
 
     index = apply_affine_torch(fixed_grid.normalized_to_index, ab)
     index = index.reshape(*fixed_grid.shape, d).movedim(-1, 0)
