@@ -3,7 +3,7 @@
 Pairs (:mod:`nephi.data.real_scans`, built once into ``--data``): the MNI152 T1 at 2 mm
 (about 86 x 104 x 89 voxels) and a CT of the same head at 2.5 mm (about 70 x 84 x 72), each
 deformed by a known random smooth map; ``small`` at most 8 mm; ``moved`` the same map with the
-moving scan also turned by 15 degrees and shifted by 19.4 mm (a patient lying differently);
+moving scan also turned by 15 degrees and shifted by 20.8 mm (a patient lying differently);
 ``large`` at most 14 mm plus that rigid motion. 200 landmarks in the brain, tissue
 labels (CSF, grey, white matter) for Dice, brain masks.
 
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import json
 import os
 import shlex
 import subprocess
@@ -55,25 +56,29 @@ CASES = {
     "mri-large": {"modality": "mri", "spacing": 2.0, "max_mm": 14.0, "degrees": 15.0,
                   "seed": 14},
 }
-SHIFT_MM = (12.0, -10.0, 12.0)  # 19.4 mm, with ``degrees`` > 0
+SHIFT_MM = (12.0, -11.0, 13.0)  # 20.8 mm, with ``degrees`` > 0
 PEER_KEYS = ("ants-syn-antspy", "ants-syn-strong")
 
 
 def build_case(data_dir: str, name: str) -> Case:
-    """The pair ``name`` of :data:`CASES`, written once into ``data_dir/name``."""
+    """The pair ``name`` of :data:`CASES`, written into ``data_dir/name`` and built again when
+    its recorded parameters (``case.json``) are not the current ones."""
     from nephi.data.real_scans import head_ct, make_pair, mni152
 
-    spec = CASES[name]
+    spec = dict(CASES[name], shift_mm=list(SHIFT_MM) if CASES[name]["degrees"] else [0.0] * 3)
     folder = os.path.join(data_dir, name)
     keys = ("fixed", "moving", "fixed_mask", "moving_mask", "fixed_labels", "moving_labels")
     paths = {k: os.path.join(folder, f"{k}.nii.gz") for k in keys}
     paths.update({k: os.path.join(folder, f"{k}.csv") for k in ("fixed_points", "moving_points")})
-    if not all(os.path.isfile(p) for p in paths.values()):
+    record = os.path.join(folder, "case.json")
+    built = os.path.isfile(record) and json.load(open(record, encoding="utf-8")) == spec
+    if not (built and all(os.path.isfile(p) for p in paths.values())):
         scan = mni152(spec["spacing"])
         if spec["modality"] == "ct":
             scan = head_ct(scan)
-        shift = SHIFT_MM if spec["degrees"] else (0.0, 0.0, 0.0)
-        make_pair(scan, spec["max_mm"], spec["seed"], spec["degrees"], shift).save(folder)
+        make_pair(scan, spec["max_mm"], spec["seed"], spec["degrees"], spec["shift_mm"]).save(folder)
+        with open(record, "w", encoding="utf-8") as fh:
+            json.dump(spec, fh)
     return Case(name=name, group=name, ndim=3, **paths, seed=spec["seed"])
 
 

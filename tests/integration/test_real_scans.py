@@ -1,5 +1,5 @@
 """Pairs built from a real scan (nilearn's MNI152 head, as MRI and as CT): the known map is
-right, a rigid motion of 15 degrees and 19 mm alone is recovered by the affine stage, and a
+right, a rigid motion of 15 degrees and 20.8 mm alone is recovered by the affine stage, and a
 deformation on top of that motion is registered as well as without it."""
 
 import numpy as np
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow,
                                  reason="nilearn (MNI152 template) is not installed")]
 
 SPACING = 3.0
-SHIFT = (12.0, -10.0, 12.0)
+SHIFT = (12.0, -11.0, 13.0)  # 20.8 mm
 FAST = {"model": {"hidden": 64}, "optim": {"steps": 250, "points": 1024, "reg_points": 256},
         "device": "cpu"}
 
@@ -66,11 +66,13 @@ def test_rigid_motion_alone_is_recovered_by_the_affine_stage(scans, kind, tmp_pa
     error = np.linalg.norm(result.affine(brain) - Affine(true)(brain), axis=1)
     assert error.max() < 0.5, error.max()
     assert abs(result.summary["align"]["rotation_deg"] - 15.0) < 0.5
+    print(f"{kind}: residual rotation {residual['rotation_deg']:.3f} deg, largest brain-point "
+          f"error {error.max():.3f} mm")
 
 
 def test_a_deformation_on_top_of_the_motion_is_registered_as_without_it(scans, tmp_path):
     """The same 12 mm deformation of the CT, once as it is and once with the moving scan turned
-    by 15 degrees and shifted by 19 mm: landmark errors within 10 % of each other, no fold."""
+    by 15 degrees and shifted by 20.8 mm: landmark errors within 10 % of each other, no fold."""
     errors = {}
     for name, degrees in (("still", 0.0), ("moved", 15.0)):
         shift = SHIFT if degrees else (0.0, 0.0, 0.0)
