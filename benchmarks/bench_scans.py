@@ -71,8 +71,11 @@ def build_case(data_dir: str, name: str) -> Case:
     paths = {k: os.path.join(folder, f"{k}.nii.gz") for k in keys}
     paths.update({k: os.path.join(folder, f"{k}.csv") for k in ("fixed_points", "moving_points")})
     record = os.path.join(folder, "case.json")
-    built = os.path.isfile(record) and json.load(open(record, encoding="utf-8")) == spec
-    if not (built and all(os.path.isfile(p) for p in paths.values())):
+    built = all(os.path.isfile(p) for p in (record, *paths.values()))
+    if built:
+        with open(record, encoding="utf-8") as fh:
+            built = json.load(fh) == spec
+    if not built:
         scan = mni152(spec["spacing"])
         if spec["modality"] == "ct":
             scan = head_ct(scan)

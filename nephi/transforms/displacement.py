@@ -24,15 +24,11 @@ __all__ = ["Field", "FrameField", "map_points", "outside_grid"]
 def _displace(points_ras: torch.Tensor, table: torch.Tensor, grid: Grid) -> torch.Tensor:
     """p -> p + d(p) for points (B, N, d) in RAS mm, ``table`` (1, d, *S) the displacement
     (RAS mm) on ``grid``, in the points' dtype and device; ITK's rule outside (module docstring)."""
-    d = grid.ndim
-    index = apply_affine_torch(grid.ras_to_index, points_ras)
     norm = apply_affine_torch(grid.ras_to_normalized, points_ras)
+    # ITK's buffer test: zero displacement beyond half a voxel outside the outermost centres
     disp = sample_image(table.expand(points_ras.shape[0], *table.shape[1:]), norm,
-                        padding="border").transpose(1, 2)
-    # ITK: inside the buffer means continuous index in [-0.5, N - 0.5]; zero displacement outside
-    upper = torch.as_tensor(grid.shape, dtype=index.dtype, device=index.device) - 0.5
-    inside = ((index >= -0.5) & (index <= upper)).all(dim=-1, keepdim=True)
-    return points_ras + disp * inside.to(disp.dtype)
+                        padding="itk").transpose(1, 2)
+    return points_ras + disp
 
 
 def _displacement_table(disp_ras: np.ndarray, dtype=torch.float64, device=None) -> torch.Tensor:

@@ -66,8 +66,6 @@ def test_rigid_motion_alone_is_recovered_by_the_affine_stage(scans, kind, tmp_pa
     error = np.linalg.norm(result.affine(brain) - Affine(true)(brain), axis=1)
     assert error.max() < 0.5, error.max()
     assert abs(result.summary["align"]["rotation_deg"] - 15.0) < 0.5
-    print(f"{kind}: residual rotation {residual['rotation_deg']:.3f} deg, largest brain-point "
-          f"error {error.max():.3f} mm")
 
 
 def test_a_deformation_on_top_of_the_motion_is_registered_as_without_it(scans, tmp_path):
