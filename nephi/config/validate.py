@@ -269,7 +269,8 @@ def validate_training(cfg: dict) -> None:
                            "train.points", "train.reg_points", "train.log_every", "val.every",
                            "val.points", "val.chunk", "checkpoint.every", "checkpoint.keep_last",
                            "latent.sigma", "loss.fd_eps", "model.latent_channels",
-                           "model.hidden", "model.layers", "model.local_target"])
+                           "model.hidden", "model.layers", "model.local_target",
+                           "model.passes"])
     t = cfg["train"]
     _one_of("train.schedule", t["schedule"], SCHEDULES)
     _one_of("train.mixed_precision", t["mixed_precision"], MIXED_PRECISION)

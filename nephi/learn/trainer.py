@@ -89,7 +89,7 @@ def build_net(cfg: dict, shape: tuple) -> RegistrationNet:
                          latent_grid=enc.local_grid[0], hidden=m["hidden"], layers=m["layers"],
                          fourier_features=m["fourier_features"],
                          fourier_scale=m["fourier_scale"], omega0=m["omega0"])
-    return RegistrationNet(enc, fields, seed=int(cfg["seed"]))
+    return RegistrationNet(enc, fields, seed=int(cfg["seed"]), passes=int(m["passes"]))
 
 
 # ----------------------------------------------------------------------------- data

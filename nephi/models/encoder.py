@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from nephi.errors import NephiInputError, short_reason
+from nephi.models.cascade import CascadeFields, warp_moving
 from nephi.models.checkpoint import load_checkpoint, save_checkpoint
 from nephi.models.fields import FieldConfig, Latent, NephiFields
 from nephi.records import from_mapping
@@ -151,34 +152,52 @@ class RegistrationNet(nn.Module):
     ``encode(moving, fixed)`` gives the latent codes; ``fields.phi_ab(x, latent)`` maps points of
     the network frame of the FIXED image to the MOVING image (A = moving, B = fixed), see
     :class:`nephi.models.fields.NephiFields`. Both images must be on the same network grid.
+
+    With ``passes`` K > 1 the network is a cascade (:mod:`nephi.models.cascade`): ``fields`` is
+    a :class:`~nephi.models.cascade.CascadeFields` of K passes, ``encoder`` reads the pair and
+    each of the ``refiners`` (K - 1 encoders) reads the moving image seen through the passes
+    before it; the latent code holds the K codes side by side (K C channels).
     """
 
-    def __init__(self, encoder_cfg: EncoderConfig, field_cfg: FieldConfig, seed: int = 0):
+    def __init__(self, encoder_cfg: EncoderConfig, field_cfg: FieldConfig, seed: int = 0,
+                 passes: int = 1):
         super().__init__()
         if encoder_cfg.latent_channels != field_cfg.latent_channels:
             raise ValueError("encoder and fields must agree on latent_channels")
         if encoder_cfg.ndim != field_cfg.ndim:
             raise ValueError("encoder and fields must agree on the dimension")
+        if passes < 1:
+            raise ValueError(f"passes must be at least 1, got {passes}")
+        self.passes = int(passes)
         self.encoder = Encoder(encoder_cfg)
-        self.fields = NephiFields(field_cfg, seed=seed)
+        self.refiners = nn.ModuleList(Encoder(encoder_cfg) for _ in range(passes - 1))
+        self.fields = (NephiFields(field_cfg, seed=seed) if passes == 1
+                       else CascadeFields(field_cfg, passes, seed=seed))
 
     def encode(self, moving: torch.Tensor, fixed: torch.Tensor) -> Latent:
-        """(B, 1, *S) moving and fixed -> Latent; always float32 (autocast-safe)."""
-        latent = self.encoder(moving, fixed)
-        return Latent(latent.global_.float(), latent.local.float())
+        """(B, 1, *S) moving and fixed -> Latent; always float32 (autocast-safe). A cascade's
+        code has the passes' codes side by side in its channels."""
+        z = self.encoder(moving, fixed)
+        latent = Latent(z.global_.float(), z.local.float())
+        for refiner in self.refiners:
+            z = refiner(warp_moving(moving, self.fields.map_ab(latent)).to(moving.dtype), fixed)
+            latent = Latent(torch.cat([latent.global_, z.global_.float()], 1),
+                            torch.cat([latent.local, z.local.float()], 1))
+        return latent
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> Latent:
         return self.encode(moving, fixed)
 
     def model_config(self) -> dict:
         """Everything needed to rebuild this network (stored in checkpoints)."""
-        return {"encoder": self.encoder.cfg.to_dict(), "fields": self.fields.cfg.to_dict()}
+        return {"encoder": self.encoder.cfg.to_dict(), "fields": self.fields.cfg.to_dict(),
+                "passes": self.passes}
 
     @staticmethod
     def from_model_config(model_cfg: dict, seed: int = 0) -> "RegistrationNet":
         return RegistrationNet(from_mapping(EncoderConfig, model_cfg["encoder"], "model encoder"),
                                from_mapping(FieldConfig, model_cfg["fields"], "model fields"),
-                               seed=seed)
+                               seed=seed, passes=int(model_cfg.get("passes", 1)))
 
     def save(self, path: str, **metadata) -> None:
         """Write a checkpoint (:mod:`nephi.models.checkpoint`) holding this network's config and
