@@ -277,6 +277,9 @@ def train(args, pairs_h5: str) -> tuple:
             config = yaml.safe_load(fh)
         config["data"]["path"] = os.path.abspath(pairs_h5)
         config["output_dir"] = run_dir
+        for key, value in args.set:
+            section, _, name = key.partition(".")
+            config.setdefault(section, {})[name] = value
         source = os.path.relpath(args.config, ROOT)
         write_config(config_path, config, source)
         record = {"processes": args.processes, "threads": args.threads,
@@ -373,6 +376,14 @@ def report(args, command: str, facts: dict, timing: dict, cases: list, rows: lis
                      + targets(rows, records, labels) + commands) + "\n"
 
 
+def setting(text: str) -> tuple:
+    """``SECTION.KEY=VALUE`` of ``--set`` -> (key, YAML-parsed value)."""
+    key, sep, value = text.partition("=")
+    if not sep or key.count(".") != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected SECTION.KEY=VALUE")
+    return key, yaml.safe_load(value)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -396,6 +407,9 @@ def main(argv=None) -> int:
     p.add_argument("--heldout", type=int, default=10, help="held-out pairs (default 10)")
     p.add_argument("--io-steps", type=int, default=100)
     p.add_argument("--timeout", type=float, default=1800.0, help="per run, seconds")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   type=setting, help="change a key of --config for this run (YAML value; "
+                   "e.g. model.passes=2); repeatable")
     args = p.parse_args(argv)
     if args.subjects < 2 or args.subjects >= HELDOUT_SEED - TRAIN_SEED:
         p.error(f"--subjects: between 2 and {HELDOUT_SEED - TRAIN_SEED - 1}")
@@ -418,8 +432,12 @@ def main(argv=None) -> int:
     checkpoint, timing, trained = train(args, prep_pairs(args, scans_csv))
     facts = checkpoint_facts(checkpoint)
     runs = os.path.join(args.out, "runs")
-    if trained:  # results of an earlier checkpoint are not reused
-        shutil.rmtree(runs, ignore_errors=True)
+    if trained:  # nephi's results of an earlier checkpoint are not reused; the peers' are
+        for path in glob.glob(os.path.join(runs, "*", "nephi-*")):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
 
     specs = method_specs(checkpoint, args.io_steps)
     labels = {"identity": "before registration", FF: "nephi feed-forward",

@@ -134,6 +134,7 @@ def predict(model: LoadedModel, pair: LoadedPair, cfg: dict, io_params: str = "l
         "mode": "feedforward" if io_steps(cfg) == 0 else "feedforward+io",
         "checkpoint": model.path,
         "checkpoint_step": model.step,
+        "passes": model.net.passes,
         "io_params": io_params,
         "network_grid": {"shape": list(grid.shape), "spacing_mm": grid.spacing.tolist(),
                          "affine": grid.affine.tolist()},
