@@ -356,7 +356,10 @@ def antspy_run(case: Case, out_dir: str, s: dict, use_mask: bool) -> float:
     import ants
 
     fixed_img, moving_img = ants.image_read(case.fixed), ants.image_read(case.moving)
-    kwargs = {k: v for k, v in s.items() if k != "type_of_transform"}
+    kwargs = {k: v for k, v in s.items() if k not in ("type_of_transform", "random_seed")}
+    # ants.registration takes no seed argument (an unknown keyword is ignored); its
+    # antsRegistration reads ANTS_RANDOM_SEED (this worker is its own process)
+    os.environ["ANTS_RANDOM_SEED"] = str(int(s["random_seed"]))
     if use_mask and case.fixed_mask:
         kwargs["mask"] = ants.image_read(case.fixed_mask)
     prefix = os.path.join(out_dir, "antspy_")
