@@ -684,7 +684,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="supported: the fixed lung mask for the methods that take one (nephi, "
                         "ANTs, elastix); none: no mask for any method")
     p.add_argument("--io-steps", type=int, default=None,
-                   help="nephi pairwise IO steps, every mode (default: 200 for the full run, "
+                   help="nephi pairwise IO steps, every mode (default: nephi-infer's own for the full run, "
                         "20 with --quick)")
     p.add_argument("--ff-io-steps", type=int, default=None,
                    help="IO steps after the feed-forward prediction (default 100; 10 with --quick)")
@@ -721,7 +721,7 @@ def plan(args) -> dict:
         "lung_large_pairs": pick(args.lung128_pairs, 1, 0),
         "tc_size": 64 if quick else 128,
         "tc_pairs": pick(args.tc_pairs, 4, 1),
-        "io_steps": pick(args.io_steps, 200, 20),
+        "io_steps": pick(args.io_steps, None, 20),  # None: nephi-infer's defaults
         "ff_io_steps": pick(args.ff_io_steps, 100, 10),
         "scale_sizes": args.scale_sizes if args.scale_sizes is not None else (
             [24, 32, 48] if quick else [32, 64, 96, 128]),
