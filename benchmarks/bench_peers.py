@@ -684,8 +684,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="supported: the fixed lung mask for the methods that take one (nephi, "
                         "ANTs, elastix); none: no mask for any method")
     p.add_argument("--io-steps", type=int, default=None,
-                   help="nephi pairwise IO steps, every mode (default: nephi-infer's own for the full run, "
-                        "20 with --quick)")
+                   help="nephi pairwise IO steps, every mode (default: nephi-infer's own for "
+                        "the full run, 20 with --quick)")
     p.add_argument("--ff-io-steps", type=int, default=None,
                    help="IO steps after the feed-forward prediction (default 100; 10 with --quick)")
     p.add_argument("--lung64-pairs", type=int, default=None, help="lung pairs at 64^3 (default 2)")
