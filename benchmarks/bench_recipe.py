@@ -14,7 +14,8 @@ within a CPU budget, then, on held-out pairs, feed-forward and feed-forward + IO
    landmark correspondences and labels. Each subject is written as NIfTI (image, mask, labels)
    with a landmark CSV; ``scans.csv`` lists the training subjects (seeds 1000..).
 2. **Training pairs**: ``nephi-prep scans`` of ``scans.csv`` (``--pairs-per-scan``
-   inter-subject pairs and ``--intra`` pairs per scan, 10 % of the subjects for validation) on
+   inter-subject pairs and ``--intra`` pairs per scan, 10 % of the subjects for validation;
+   with ``--align rigid|affine`` each inter-subject pair aligned first) on
    the network grid ``--grid``^3 at ``--grid-spacing`` mm (default 64^3 at 3.5 mm, 224 mm: the
    whole head).
 3. **Training**: ``configs/heads_cpu.yaml`` (``configs/lung_cpu.yaml``'s network and schedule,
@@ -204,9 +205,11 @@ def prep_pairs(args, scans_csv: str) -> str:
     """``nephi-prep scans`` of the training subjects -> the pair file (built once)."""
     from nephi.cli.prep import main as prep_main
 
-    path = os.path.join(args.out, f"pairs_{args.grid}_{args.grid_spacing:g}mm.h5")
+    aligned = "" if args.align == "none" else f"_{args.align}"
+    path = os.path.join(args.out, f"pairs_{args.grid}_{args.grid_spacing:g}mm{aligned}.h5")
     if not os.path.isfile(path):
-        argv = ["scans", "--csv", scans_csv, "--out", path, "--spacing", str(args.grid_spacing),
+        argv = ["scans", "--csv", scans_csv, "--out", path, "--align", args.align,
+                "--spacing", str(args.grid_spacing),
                 "--shape", str(args.grid), "--pairs-per-scan", str(args.pairs_per_scan),
                 "--intra", str(args.intra), "--intra-max-mm", "6", "--seed", "0",
                 "--workers", str(args.threads)]
@@ -459,6 +462,10 @@ def main(argv=None) -> int:
     p.add_argument("--grid", type=int, default=64, help="network grid side (default 64)")
     p.add_argument("--grid-spacing", type=float, default=3.5, help="network grid mm (default 3.5)")
     p.add_argument("--config", default=CONFIG)
+    p.add_argument("--align", choices=["none", "rigid", "affine"], default="none",
+                   help="nephi-prep --align of the training pairs (default none): the network "
+                        "then learns what is left after the global alignment, and nephi-infer "
+                        "runs that alignment in front of it")
     p.add_argument("--train-minutes", type=float, default=60.0,
                    help="training budget in minutes, step-time probe included (default 60)")
     p.add_argument("--train-steps", type=int, default=0, help="train this many steps instead")

@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write log_jacobian (log det J of phi_AB; NaN at folds)")
     p.add_argument("--align", choices=["none", "rigid", "affine"],
                    help="global alignment before the deformable stage: centre of mass, then "
-                        "rigid, then affine on an image pyramid (default affine; none with "
-                        "--checkpoint)")
+                        "rigid, then affine on an image pyramid (default affine; with "
+                        "--checkpoint the one its training pairs went through, nephi-prep "
+                        "--align, none by default)")
     p.add_argument("--align-only", action="store_true", default=None,
                    help="stop after the alignment: a pure linear registration")
     p.add_argument("--initial-transform", metavar="TRANSFORM",

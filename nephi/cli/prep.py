@@ -33,6 +33,7 @@ import sys
 import numpy as np
 
 from nephi.cli.common import OneLineParser, run_cli
+from nephi.config.validate import ALIGN_MODES
 from nephi.data.builders import (build_from_rows, build_from_scans, build_synthetic_lung,
                                  build_triangles_circles)
 from nephi.data.copdgene import find_copdgene_pairs
@@ -78,6 +79,11 @@ def _add_prep_options(p: argparse.ArgumentParser, spacing=None, shape=None, inte
     p.add_argument("--percentiles", type=float, nargs=2, default=[1.0, 99.0],
                    metavar=("LO", "HI"), help="percentiles mapped to 0 and 1 with --intensity "
                                               "percentile (default 1 99)")
+    p.add_argument("--align", choices=list(ALIGN_MODES), default="none",
+                   help="global alignment of each moving image to its fixed image before "
+                        "resampling, as nephi-infer --align runs it (default none); stored "
+                        "with the data and in checkpoints, so nephi-infer --checkpoint runs it "
+                        "in front of the network by default")
     if apply_mask:
         p.add_argument("--no-apply-mask", dest="apply_mask", action="store_false",
                        help="do not multiply the images by their masks")
@@ -90,7 +96,7 @@ def _prep(args) -> PrepConfig:
     return PrepConfig(spacing=args.spacing, shape=args.shape,
                       intensity={"method": args.intensity, "low": args.percentiles[0],
                                  "high": args.percentiles[1], "window": list(args.window)},
-                      apply_mask=args.apply_mask)
+                      apply_mask=args.apply_mask, align=args.align)
 
 
 def _report(out: str, counts: dict) -> int:

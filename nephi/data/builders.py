@@ -17,9 +17,11 @@ import sys
 from typing import Callable, Iterable
 
 import numpy as np
+from nibabel import affines as nib_affines
 
 from nephi.data.pairfile import PairFileWriter
-from nephi.data.preprocess import PrepConfig, assign_splits, per_axis, preprocess_pair
+from nephi.data.preprocess import (PrepConfig, align_moving, assign_splits, per_axis,
+                                   preprocess_pair)
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid, spatial_affine
 from nephi.io.images import Image, load_image, load_mask
@@ -68,11 +70,16 @@ def _write(out: str, prep: PrepConfig, builder: str, names: list, splits: list,
 
 
 def _csv_job(job: tuple):
-    row, prep = job
+    """A pair of a pairs-CSV row: (row, prep) or (row, prep, align) with ``align`` False to
+    skip ``prep.align`` (a pair of a scan with a deformation of itself)."""
+    row, prep, *rest = job
     moving = load_image(row["moving"], what="moving image")
     fixed = load_image(row["fixed"], what="fixed image")
     masks = [load_mask(row[k], img.grid, what=k.replace("_", " ")) if row[k] else None
              for k, img in (("moving_mask", moving), ("fixed_mask", fixed))]
+    alignment = None
+    if prep.align != "none" and (not rest or rest[0]):
+        moving, alignment = align_moving(moving, fixed, prep, masks[0], masks[1])
     labels = []
     for key, img in (("moving_label", moving), ("fixed_label", fixed)):
         if row[key]:
@@ -84,16 +91,25 @@ def _csv_job(job: tuple):
         else:
             labels.append(None)
     pair = preprocess_pair(moving, fixed, prep, masks[0], masks[1], labels[0], labels[1])
+    pair.alignment = alignment
     d = fixed.ndim
     if row["fixed_points"]:
         pair.fixed_points = load_points(row["fixed_points"], d, "fixed points")
     if row["moving_points"]:
-        pair.moving_points = load_points(row["moving_points"], d, "moving points")
+        pair.moving_points = aligned_points(pair, load_points(row["moving_points"], d,
+                                                              "moving points"))
     if (pair.fixed_points is None) != (pair.moving_points is None) or (
             pair.fixed_points is not None and len(pair.fixed_points) != len(pair.moving_points)):
         raise NephiInputError(f"pairs CSV line {row['line']}: moving_points and fixed_points "
                               "must both be given, with the same number of points")
     return pair
+
+
+def aligned_points(pair, points: np.ndarray) -> np.ndarray:
+    """Moving points (K, d) RAS where the pair's aligned moving image has them: A^-1(p)."""
+    if pair.alignment is None:
+        return points
+    return nib_affines.apply_affine(np.linalg.inv(pair.alignment), points)
 
 
 def default_target_shape(rows: list, spacing) -> list:
@@ -164,11 +180,11 @@ def _scan_pair_job(job: tuple):
             d = pair.grid.ndim
             pts = [load_points(s["points"], d, "points") for s in (moving, fixed)]
             if len(pts[0]) == len(pts[1]):  # row k of every scan: the same landmark
-                pair.moving_points, pair.fixed_points = pts
+                pair.moving_points, pair.fixed_points = aligned_points(pair, pts[0]), pts[1]
         pair.source = f"nephi-prep scans: inter-subject, scans {moving['name']} -> {fixed['name']}"
         return pair
     _, scan, prep, (max_mm, scale_mm, seed) = job
-    pair = _csv_job((_row_of_pair(scan, scan, points=bool(scan["points"])), prep))
+    pair = _csv_job((_row_of_pair(scan, scan, points=bool(scan["points"])), prep, False))
     grid = pair.grid
     spatial = intra_deformation(grid, max_mm, scale_mm, seed)
 

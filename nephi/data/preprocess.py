@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from nephi.config.validate import ALIGN_MODES
 from nephi.errors import NephiInputError
 from nephi.geometry.grid import Grid, apply_affine_torch
 from nephi.geometry.sampling import sample_image
@@ -61,7 +62,11 @@ class PrepConfig:
     image's field of view);
     ``intensity``: ``{method, low, high, window}`` as in :func:`nephi.io.intensity.normalize`
     (e.g. method ``window`` with window [-1000, 0] HU maps that range linearly to [0, 1]);
-    ``apply_mask``: multiply each image by its mask after resampling (needs masks).
+    ``apply_mask``: multiply each image by its mask after resampling (needs masks);
+    ``align``: ``none``, ``rigid`` or ``affine``: the global alignment of ``nephi-infer``
+    (:func:`nephi.optim.align.align`, the pairwise defaults' ``align`` section) runs before the
+    moving image is resampled, so the network learns (and, with a checkpoint, ``nephi-infer``
+    by default predicts) what is left after it (:func:`align_moving`).
     """
 
     spacing: list | None = None
@@ -69,13 +74,18 @@ class PrepConfig:
     intensity: dict = field(default_factory=lambda: {"method": "percentile", "low": 1.0,
                                                      "high": 99.0, "window": [-1000.0, 0.0]})
     apply_mask: bool = False
+    align: str = "none"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @staticmethod
     def from_dict(d: dict) -> "PrepConfig":
-        return from_mapping(PrepConfig, d, "preprocessing")
+        prep = from_mapping(PrepConfig, d, "preprocessing")
+        if prep.align not in ALIGN_MODES:
+            raise NephiInputError(f"preprocessing align: {prep.align!r} is not one of "
+                                  f"{', '.join(ALIGN_MODES)}")
+        return prep
 
 
 @dataclass
@@ -95,6 +105,34 @@ class PreparedPair:
     moving_path: str = ""
     fixed_path: str = ""
     source: str = ""
+    alignment: np.ndarray | None = None  # (d+1, d+1) fixed -> moving RAS, when prep aligned
+
+
+def align_moving(moving: Image, fixed: Image, prep: PrepConfig,
+                 moving_mask: np.ndarray | None = None,
+                 fixed_mask: np.ndarray | None = None) -> tuple:
+    """The moving image seen through the global alignment ``prep.align`` -> (Image, matrix).
+
+    The alignment A (fixed -> moving RAS mm, :func:`nephi.optim.align.align` on the
+    normalized images with the pairwise defaults' ``align`` section) is put into the moving
+    image's header: voxel i now lies at A^-1(M i), so resampling it onto a fixed-side grid gives
+    moving(A(x)), and masks and labels on its grid follow. A moving point p lies at A^-1(p).
+    """
+    from nephi.config.loader import load_defaults
+    from nephi.optim.align import align
+
+    cfg = load_defaults("pairwise")
+    cfg["align"]["mode"] = prep.align
+    icfg = prep.intensity
+
+    def norm(img: Image) -> np.ndarray:
+        return normalize(img.data, icfg["method"], icfg["low"], icfg["high"], icfg["window"])
+
+    affine, _ = align(norm(fixed), fixed.grid, norm(moving), moving.grid, cfg["align"],
+                      fixed_mask=fixed_mask, moving_mask=moving_mask, seed=0, progress=False,
+                      lncc_window=int(cfg["io"]["lncc_window"]))
+    grid = Grid(moving.grid.shape, np.linalg.inv(affine.matrix) @ moving.grid.affine)
+    return Image(moving.data, grid, moving.path), affine.matrix
 
 
 def per_axis(values, d: int, what: str) -> np.ndarray:

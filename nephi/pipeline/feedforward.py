@@ -79,8 +79,9 @@ def base_config(model: LoadedModel) -> dict:
     cfg["latent"]["sigma"] = tc["latent"]["sigma"]
     cfg["intensity"] = dict(model.prep.intensity)
     cfg["optim"]["steps"] = 0
-    cfg["align"]["mode"] = "none"  # the network was trained on pairs as they come: no
-    # alignment unless asked for (--align rigid|affine runs it in front of the encoder)
+    # the alignment the training pairs went through (nephi-prep --align; none: pairs as they
+    # come); --align rigid|affine|none overrides it
+    cfg["align"]["mode"] = model.prep.align
     return cfg
 
 
