@@ -30,7 +30,7 @@ from nephi.geometry.grid import Grid, apply_affine_torch
 from nephi.geometry.sampling import gaussian_smooth, sample_image
 from nephi.errors import NephiInputError
 from nephi.objectives.similarity import (MIN_MASKED_POINTS, SIMILARITIES, SIMILARITY_FUNCTIONS,
-                                         lncc_similarity)
+                                         lncc_similarity, ncc)
 from nephi.optim.engine import converged
 from nephi.progress import Progress
 from nephi.transforms.affine import Affine
@@ -119,6 +119,35 @@ def _loss(matrix: torch.Tensor, x_ras: torch.Tensor, fixed_values: torch.Tensor,
                                             fixed_values[inside].unsqueeze(0))
 
 
+# Voxels of the fixed image (a regular subsample of at most this many) on which the result is
+# compared with where the alignment started (:func:`_overlap_ncc`).
+CHECK_VOXELS = 2 ** 16
+
+
+def _overlap_ncc(matrix: np.ndarray, fixed: torch.Tensor, fixed_grid: Grid,
+                 moving: torch.Tensor, ras_to_moving: torch.Tensor,
+                 fixed_mask: np.ndarray | None) -> float:
+    """NCC (signed) of the fixed image and the moving image seen through ``matrix`` over the
+    fixed image's voxels (within ``fixed_mask``), the moving image being 0 outside its grid.
+    Unlike the optimized loss (1 - NCC^2 over the points inside the moving image) it neither
+    forgets the points that leave the moving image nor rewards an anti-correlated match, so an
+    alignment that drifted away from the anatomy scores low."""
+    shape = np.asarray(fixed_grid.shape)
+    stride = max(1, int(np.ceil((shape.prod() / CHECK_VOXELS) ** (1.0 / len(shape)))))
+    index = np.stack(np.meshgrid(*[np.arange(0, n, stride) for n in shape], indexing="ij"),
+                     -1).reshape(-1, len(shape)).astype(np.float64)
+    if fixed_mask is not None:
+        keep = np.asarray(fixed_mask)[tuple(index.astype(int).T)] > 0
+        index = index[keep] if keep.sum() >= MIN_MASKED_POINTS else index
+    index_t = torch.as_tensor(index)
+    xn = apply_affine_torch(fixed_grid.index_to_normalized, index_t).unsqueeze(0).float()
+    f = sample_image(fixed, xn)[0, 0].double()
+    lin = ras_to_moving @ torch.as_tensor(matrix, dtype=torch.float64)
+    yn = apply_affine_torch(lin.numpy() @ fixed_grid.affine, index_t).unsqueeze(0).float()
+    m = sample_image(moving, yn, padding="zeros")[0, 0].double()
+    return float(ncc(m.unsqueeze(0), f.unsqueeze(0))[0])
+
+
 def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: Grid,
           cfg: dict, fixed_mask: np.ndarray | None = None, start: Affine | None = None,
           seed: int = 0, progress: bool = True, lncc_window: int = 5,
@@ -147,6 +176,7 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
         info["seconds"] = time.perf_counter() - t0
         return Affine(matrix), info
 
+    start_matrix = matrix.copy()
     gen = torch.Generator().manual_seed(int(seed))
     fixed_t = torch.as_tensor(fixed, dtype=torch.float32).reshape(1, 1, *fixed_grid.shape)
     moving_t = torch.as_tensor(moving, dtype=torch.float32).reshape(1, 1, *moving_grid.shape)
@@ -212,6 +242,19 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
             record["loss"] = float(np.mean(history[-10:])) if history else None
         matrix = params.matrix().detach().numpy()
         info["stages"].append(record)
+    if similarity != "mi":  # a signed NCC means nothing between modalities
+        f_fine, m_fine = pyramid[-1]
+        candidates = {"aligned": matrix, "start": start_matrix}
+        if start is None:
+            candidates["identity"] = np.eye(d + 1)
+        scores = {name: _overlap_ncc(m, f_fine, fixed_grid, m_fine, ras_to_moving, fixed_mask)
+                  for name, m in candidates.items()}
+        info["check_ncc"] = scores
+        best = max(scores, key=scores.get)
+        if best != "aligned":
+            matrix = candidates[best]
+            info["kept"] = (f"the {best} transform: the alignment lowered the NCC of the whole "
+                            "fixed image with the moving image (0 outside its grid)")
     info["similarity"] = (f"{similarity} ({SIMILARITIES[similarity]}) over the fixed points "
                           "inside the moving image")
     info["seconds"] = time.perf_counter() - t0
