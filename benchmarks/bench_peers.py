@@ -136,21 +136,29 @@ def nephi_description(mode: str) -> str:
     from nephi.config.loader import load_defaults
 
     cfg = load_defaults("pairwise")
+    a = cfg["align"]
+    align = ("" if a["mode"] == "none" else
+             f"{a['init']} start, {a['mode']} alignment ({'/'.join(map(str, a['steps']))} steps "
+             "at most), then ")
     if mode == "nephi":
-        o = cfg["optim"]
-        return ("NePhi fields (2x512 modulated SIREN, z_g 32, z_l 32x16^d) + latent codes from "
-                "scratch, sym. NCC + GradICON (lambda 10) + prior 0.01, Adam, "
+        o, m = cfg["optim"], cfg["model"]
+        return (f"{align}NePhi fields ({m['layers']}x{m['hidden']} modulated SIREN, "
+                f"{m['fourier_features']} Fourier features, z_g {m['latent_channels']}, z_l "
+                f"{m['latent_channels']}x{m['latent_grid']}^d) + latent codes from scratch, sym. "
+                "NCC + GradICON (lambda 10) + prior 0.01, Adam, "
                 f"{o['points']} sim. / {o['reg_points']} GradICON points per step")
     if mode == "inr":
         i = cfg["inr"]
-        return ("IDIR-style SIREN displacement network (3x256, omega0 30), NCC + hyperelastic "
-                f"regularizer, Adam, {i['points']} / {i['reg_points']} points per step, inverse "
-                "by fixed-point iteration")
+        n = i["network"]
+        return (f"{align}IDIR-style SIREN displacement network ({n['layers']}x{n['hidden']}, "
+                f"omega0 {n['omega0']:g}), NCC + hyperelastic regularizer, Adam, {i['points']} / "
+                f"{i['reg_points']} points per step, inverse by fixed-point iteration")
     if mode == "velocity":
         v = cfg["velocity"]
-        return ("neural stationary velocity field (SIREN 3x128) integrated by torchdiffeq "
-                f"{v['solver']} ({v['ode_steps']} steps), NCC + hyperelastic, Adam, "
-                f"{v['points']} / {v['reg_points']} points per step")
+        n = v["network"]
+        return (f"{align}neural stationary velocity field (SIREN {n['layers']}x{n['hidden']}) "
+                f"integrated by torchdiffeq {v['solver']} ({v['ode_steps']} steps), NCC + "
+                f"hyperelastic, Adam, {v['points']} / {v['reg_points']} points per step")
     return mode
 
 
