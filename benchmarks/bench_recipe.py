@@ -462,10 +462,10 @@ def main(argv=None) -> int:
     p.add_argument("--grid", type=int, default=64, help="network grid side (default 64)")
     p.add_argument("--grid-spacing", type=float, default=3.5, help="network grid mm (default 3.5)")
     p.add_argument("--config", default=CONFIG)
-    p.add_argument("--align", choices=["none", "rigid", "affine"], default="none",
-                   help="nephi-prep --align of the training pairs (default none): the network "
-                        "then learns what is left after the global alignment, and nephi-infer "
-                        "runs that alignment in front of it")
+    p.add_argument("--align", choices=["none", "rigid", "affine"], default="affine",
+                   help="nephi-prep --align of the training pairs (default affine): the network "
+                        "learns what is left after the global alignment, and nephi-infer runs "
+                        "that alignment in front of it (none: pairs as they come)")
     p.add_argument("--train-minutes", type=float, default=60.0,
                    help="training budget in minutes, step-time probe included (default 60)")
     p.add_argument("--train-steps", type=int, default=0, help="train this many steps instead")
