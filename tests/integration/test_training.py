@@ -301,3 +301,16 @@ def test_a_second_look_trains_and_registers(tc_data, tmp_path):
             (pair / "fixed_label.nii.gz", pair / "moving_label.nii.gz", tmp_path / "label.nii.gz")]
     before, after = mean_dice(read[0], read[1]), mean_dice(read[0], read[2])
     assert after > before + 0.05, (before, after)
+
+
+def test_a_checkpoint_runs_the_alignment_its_pairs_had(ddp_run):
+    """The alignment mode of the training pairs (nephi-prep --align, in the checkpoint's
+    preprocessing) is nephi-infer's default with that checkpoint; pairs as they come: none."""
+    import dataclasses
+
+    from nephi.pipeline.feedforward import base_config, load_model
+
+    model = load_model(str(ddp_run[0] / "checkpoints" / "best.pt"))
+    assert model.prep.align == "none" and base_config(model)["align"]["mode"] == "none"
+    aligned = dataclasses.replace(model, prep=dataclasses.replace(model.prep, align="affine"))
+    assert base_config(aligned)["align"]["mode"] == "affine"
