@@ -26,16 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from nephi.geometry.sampling import sample_image
-from nephi.models.fields import PRECISIONS, FieldConfig, Latent, NephiFields
+from nephi.models.fields import PRECISIONS, FieldConfig, FieldPair, Latent, NephiFields
 from nephi.transforms.base import Composition, grid_points
 
 __all__ = ["CascadeFields", "warp_moving"]
 
 
-class CascadeFields(nn.Module):
-    """K :class:`NephiFields` read as one pair of maps (module docstring); duck-compatible
-    with NephiFields: ``map_ab``, ``map_ba``, ``phi_ab``, ``phi_ba``, ``set_precision``,
-    ``precision``, ``cfg`` (each pass's, the same for all)."""
+class CascadeFields(FieldPair):
+    """K :class:`NephiFields` read as one pair of maps (module docstring), under the same
+    contract (:class:`FieldPair`); ``cfg`` is each pass's (the same for all)."""
 
     def __init__(self, cfg: FieldConfig, passes: int, seed: int = 0):
         super().__init__()
@@ -70,15 +69,6 @@ class CascadeFields(nn.Module):
         for outer in maps[1:]:
             out = Composition(outer, out)
         return out
-
-    def phi_ab(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
-        return self.map_ab(latent)(x)
-
-    def phi_ba(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
-        return self.map_ba(latent)(x)
-
-    def forward(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
-        return self.phi_ab(x, latent)
 
     def set_precision(self, precision: str) -> "CascadeFields":
         if precision not in PRECISIONS:

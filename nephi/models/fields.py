@@ -266,7 +266,29 @@ class FieldMap:
         return x + u, du + eye
 
 
-class NephiFields(nn.Module):
+class FieldPair(nn.Module):
+    """The contract of NePhi's field networks, stated once: ``map_ab(latent)`` (FIXED-frame
+    points -> MOVING points) and ``map_ba(latent)`` (MOVING -> FIXED) are point maps for a
+    latent code; ``phi_ab`` / ``phi_ba`` apply them to points (B, N, d); ``forward`` is
+    ``phi_ab``. Subclasses give the two maps, ``set_precision`` and ``precision``."""
+
+    def map_ab(self, latent: Latent):
+        raise NotImplementedError
+
+    def map_ba(self, latent: Latent):
+        raise NotImplementedError
+
+    def phi_ab(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
+        return self.map_ab(latent)(x)
+
+    def phi_ba(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
+        return self.map_ba(latent)(x)
+
+    def forward(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
+        return self.phi_ab(x, latent)
+
+
+class NephiFields(FieldPair):
     """The forward and backward field networks of NePhi (separate weights, shared latent code).
 
     ``phi_ab`` maps FIXED-frame points to MOVING points (the warped moving image is
@@ -298,14 +320,5 @@ class NephiFields(nn.Module):
         """phi_BA for this latent code: MOVING-frame points -> FIXED-frame points."""
         return FieldMap(self.backward_net, latent)
 
-    def phi_ab(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
-        return self.map_ab(latent)(x)
 
-    def phi_ba(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
-        return self.map_ba(latent)(x)
-
-    def forward(self, x: torch.Tensor, latent: Latent) -> torch.Tensor:
-        return self.phi_ab(x, latent)
-
-
-__all__ = ["PRECISIONS", "bf16_pays", "resolve_precision", "FieldConfig", "Latent", "FourierFeatures", "ModulatedSiren", "FieldMap", "NephiFields"]
+__all__ = ["PRECISIONS", "bf16_pays", "resolve_precision", "FieldConfig", "Latent", "FourierFeatures", "ModulatedSiren", "FieldMap", "FieldPair", "NephiFields"]
