@@ -11,6 +11,7 @@ Moving = A, fixed = B; for lungs moving = exhale, fixed = inhale.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import multiprocessing
 import os
 import sys
@@ -70,15 +71,14 @@ def _write(out: str, prep: PrepConfig, builder: str, names: list, splits: list,
 
 
 def _csv_job(job: tuple):
-    """A pair of a pairs-CSV row: (row, prep) or (row, prep, align) with ``align`` False to
-    skip ``prep.align`` (a pair of a scan with a deformation of itself)."""
-    row, prep, *rest = job
+    """A pair of a pairs-CSV row: (row, prep)."""
+    row, prep = job
     moving = load_image(row["moving"], what="moving image")
     fixed = load_image(row["fixed"], what="fixed image")
     masks = [load_mask(row[k], img.grid, what=k.replace("_", " ")) if row[k] else None
              for k, img in (("moving_mask", moving), ("fixed_mask", fixed))]
     alignment = None
-    if prep.align != "none" and (not rest or rest[0]):
+    if prep.align != "none":
         moving, alignment = align_moving(moving, fixed, prep, masks[0], masks[1])
     labels = []
     for key, img in (("moving_label", moving), ("fixed_label", fixed)):
@@ -184,7 +184,9 @@ def _scan_pair_job(job: tuple):
         pair.source = f"nephi-prep scans: inter-subject, scans {moving['name']} -> {fixed['name']}"
         return pair
     _, scan, prep, (max_mm, scale_mm, seed) = job
-    pair = _csv_job((_row_of_pair(scan, scan, points=bool(scan["points"])), prep, False))
+    # a scan and a deformation of itself: nothing to align
+    pair = _csv_job((_row_of_pair(scan, scan, points=bool(scan["points"])),
+                     dataclasses.replace(prep, align="none")))
     grid = pair.grid
     spatial = intra_deformation(grid, max_mm, scale_mm, seed)
 

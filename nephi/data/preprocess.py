@@ -115,8 +115,8 @@ def align_moving(moving: Image, fixed: Image, prep: PrepConfig,
 
     The alignment A (fixed -> moving RAS mm, :func:`nephi.optim.align.align` on the
     normalized images with the pairwise defaults' ``align`` section) is put into the moving
-    image's header: voxel i now lies at A^-1(M i), so resampling it onto a fixed-side grid gives
-    moving(A(x)), and masks and labels on its grid follow. A moving point p lies at A^-1(p).
+    image's header (:func:`seen_through`), so masks and labels on its grid follow. A moving
+    point p lies at A^-1(p).
     """
     from nephi.config.loader import load_defaults
     from nephi.optim.align import align
@@ -131,8 +131,14 @@ def align_moving(moving: Image, fixed: Image, prep: PrepConfig,
     affine, _ = align(norm(fixed), fixed.grid, norm(moving), moving.grid, cfg["align"],
                       fixed_mask=fixed_mask, moving_mask=moving_mask, seed=0, progress=False,
                       lncc_window=int(cfg["io"]["lncc_window"]))
-    grid = Grid(moving.grid.shape, np.linalg.inv(affine.matrix) @ moving.grid.affine)
-    return Image(moving.data, grid, moving.path), affine.matrix
+    return seen_through(moving, affine.matrix), affine.matrix
+
+
+def seen_through(moving: Image, matrix: np.ndarray) -> Image:
+    """The moving image with the affine ``matrix`` (fixed -> moving RAS mm, (d+1, d+1)) put into
+    its header: voxel i lies at A^-1(M i), so resampling it anywhere gives moving(A(x))."""
+    return Image(moving.data, Grid(moving.grid.shape, np.linalg.inv(matrix) @ moving.grid.affine),
+                 moving.path)
 
 
 def per_axis(values, d: int, what: str) -> np.ndarray:

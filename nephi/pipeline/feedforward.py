@@ -24,12 +24,10 @@ import torch
 
 from nephi.config.loader import load_defaults
 from nephi.config.options import io_steps
-from nephi.data.preprocess import PrepConfig, preprocess_pair
+from nephi.data.preprocess import PrepConfig, preprocess_pair, seen_through
 from nephi.errors import NephiInputError
-from nephi.geometry.grid import Grid
 from nephi.geometry.pair import PairTensors
 from nephi.io.atomic import check_output_dir
-from nephi.io.images import Image
 from nephi.models.encoder import RegistrationNet
 from nephi.pipeline.batch import run_pairs
 from nephi.pipeline.inputs import LoadedPair, select_device
@@ -107,8 +105,7 @@ def predict(model: LoadedModel, pair: LoadedPair, cfg: dict, io_params: str = "l
         # the encoder sees the moving image through the affine A: an image whose voxel i lies
         # at A^-1(M i) samples as moving(A(x)) wherever the preprocessing resamples it
         aligned = global_alignment(pair, cfg, None, progress)
-        moving = Image(pair.moving.data, Grid(pair.moving.grid.shape, np.linalg.inv(
-            aligned[0].matrix) @ pair.moving.grid.affine), pair.moving.path)
+        moving = seen_through(pair.moving, aligned[0].matrix)
     t0 = time.perf_counter()
     prepared = preprocess_pair(moving, pair.fixed, model.prep, moving_mask=moving_mask,
                                fixed_mask=pair.mask)
