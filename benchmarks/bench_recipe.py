@@ -246,6 +246,7 @@ def scalars(run_dir: str, tag: str) -> list:
 def budget_steps(args, config: dict, config_path: str) -> tuple:
     """Steps that fit ``--train-minutes`` (probe included) and the probe's measurements."""
     probe_dir = os.path.join(args.out, "probe")
+    shutil.rmtree(probe_dir, ignore_errors=True)  # a probe of an earlier run measured another config
     every = 5
     wall = launch(args, config_path, probe_dir,
                   [f"train.steps={args.probe_steps}", f"train.log_every={every}",

@@ -156,21 +156,27 @@ class GridInterpolation:
         return slab.reshape(-1, self.partial.shape[-1])
 
 
+def _gaussian_matrix(n: int, sigma: float, dtype, device) -> torch.Tensor:
+    """(n, n): smoothing along one axis of n samples by a Gaussian of ``sigma`` samples
+    (truncated at 3 sigma, normalized), the edge samples repeated beyond the ends."""
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, device=device)
+    kernel = torch.exp(-0.5 * (offsets.to(dtype) / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    rows = torch.arange(n, device=device)[:, None].expand(n, offsets.numel())
+    cols = (rows + offsets).clamp(0, n - 1)
+    matrix = torch.zeros(n, n, dtype=dtype, device=device)
+    return matrix.index_put_((rows, cols), kernel.expand(n, -1), accumulate=True)
+
+
 def gaussian_smooth(volume: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian smoothing of (1, 1, *S) by ``sigma`` voxels along every axis."""
+    """Separable Gaussian smoothing of (B, C, *S) by ``sigma`` voxels along every axis, the
+    edge voxels repeated beyond the borders. Each axis is one product with a banded (n, n)
+    matrix: several times faster on a CPU than a 1-D convolution kernel of 6 sigma taps."""
     if sigma <= 0:
         return volume
-    radius = max(1, int(math.ceil(3.0 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=volume.dtype, device=volume.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    d = volume.dim() - 2
-    conv = F.conv3d if d == 3 else F.conv2d
     out = volume
-    for axis in range(d):
-        shape = [1, 1] + [1] * d
-        shape[2 + axis] = kernel.numel()
-        pad = [0, 0] * d
-        pad[2 * (d - 1 - axis)] = pad[2 * (d - 1 - axis) + 1] = radius
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape))
-    return out
+    for axis in range(2, volume.dim()):
+        matrix = _gaussian_matrix(out.shape[axis], float(sigma), volume.dtype, volume.device)
+        out = (out.movedim(axis, -1) @ matrix.T).movedim(-1, axis)
+    return out.contiguous()

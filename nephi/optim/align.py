@@ -20,6 +20,7 @@ identity (or at the transform given, e.g. ``--initial-transform``).
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -119,6 +120,60 @@ def _loss(matrix: torch.Tensor, x_ras: torch.Tensor, fixed_values: torch.Tensor,
                                             fixed_values[inside].unsqueeze(0))
 
 
+class _CosineAdam:
+    """Adam (Kingma and Ba 2015, torch.optim.Adam's update) whose rate falls from ``lr`` to 0
+    over ``steps`` steps along a cosine (CosineAnnealingLR), for the alignment's few parameters.
+    torch.optim would do the same, but the first optimizer a process builds imports
+    torch._dynamo, 1 to 2 s: longer than the whole alignment of a feed-forward registration."""
+
+    def __init__(self, params: list, lr: float, steps: int, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params, self.lr, self.steps = params, float(lr), max(1, int(steps))
+        self.betas, self.eps, self.done = betas, float(eps), 0
+        self.moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One update from the parameters' gradients, which it then clears."""
+        rate = self.lr * 0.5 * (1.0 + math.cos(math.pi * self.done / self.steps))
+        self.done += 1
+        b1, b2 = self.betas
+        correction1, correction2 = 1.0 - b1 ** self.done, 1.0 - b2 ** self.done
+        for p, (m, v) in zip(self.params, self.moments):
+            m.mul_(b1).add_(p.grad, alpha=1.0 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1.0 - b2)
+            denom = (v.sqrt() / math.sqrt(correction2)).add_(self.eps)
+            p.addcdiv_(m, denom, value=-rate / correction1)
+            p.grad = None
+
+
+# Fixed points sampled at once (the points of several steps of a level, see _fixed_points).
+POINTS_AT_ONCE = 2 ** 20
+
+
+def _fixed_points(fixed: torch.Tensor, fixed_grid: Grid, steps: int, points: int,
+                  inside: np.ndarray | None, stencil: torch.Tensor,
+                  gen: torch.Generator):
+    """The fixed points of ``steps`` steps: per step (RAS mm (P, d), fixed values (P,)), drawn
+    ``points`` at a time in the fixed grid (voxels of ``inside`` when given, else anywhere), each
+    with the offsets ``stencil`` (K, d) voxels around it (P = points K). Several steps are drawn
+    and sampled in one go, which saves most of a step's fixed cost."""
+    d = fixed_grid.ndim
+    upper = torch.as_tensor(np.asarray(fixed_grid.shape) - 1.0)
+    block = max(1, POINTS_AT_ONCE // (points * len(stencil)))
+    for first in range(0, steps, block):
+        n = min(block, steps - first)
+        if inside is None:
+            index = torch.rand(n, points, d, generator=gen, dtype=torch.float64) * upper
+        else:
+            pick = torch.randint(len(inside), (n, points), generator=gen)
+            index = torch.as_tensor(inside[pick.numpy()], dtype=torch.float64)
+        index = (index[:, :, None, :] + stencil).reshape(n, -1, d)
+        x_ras = apply_affine_torch(fixed_grid.affine, index)
+        xn = apply_affine_torch(fixed_grid.index_to_normalized, index)
+        values = sample_image(fixed, xn.reshape(1, -1, d).float())[0, 0].double()
+        yield from zip(x_ras, values.reshape(n, -1))
+
+
 # Voxels of the fixed image (a regular subsample of at most this many) on which the result is
 # compared with where the alignment started (:func:`_overlap_ncc`).
 CHECK_VOXELS = 2 ** 16
@@ -188,7 +243,6 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
     centre = _fov_centre(fixed_grid)
     scale = float(np.mean(fixed_grid.normalized_mm_scale()))
     ras_to_moving = torch.as_tensor(moving_grid.ras_to_normalized, dtype=torch.float64)
-    upper = torch.as_tensor(np.asarray(fixed_grid.shape) - 1.0)
     points, window, tolerance = int(cfg["points"]), int(cfg["window"]), float(cfg["tolerance"])
     similarity = cfg["similarity"]
     stencil = torch.zeros(1, d, dtype=torch.float64)
@@ -208,30 +262,17 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
         record = {"stage": stage, "steps": [], "loss": None}
         for level, (f_level, m_level) in enumerate(pyramid):
             steps = int(cfg["steps"][level])
-            optimizer = torch.optim.Adam([p for p in params.parameters() if p.requires_grad],
-                                         lr=float(cfg["lr"]) * 0.5 ** level)
-            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
+            optimizer = _CosineAdam([p for p in params.parameters() if p.requires_grad],
+                                    float(cfg["lr"]) * 0.5 ** level, steps)
             bar = Progress(steps, f"align {stage} {level + 1}/{len(cfg['sigmas'])}",
                            enabled=progress, lines=1)
             history = []
-            for _ in range(steps):
-                # fixed points: continuous voxel indices, or voxels of the mask
-                if inside is None:
-                    index = torch.rand(points, d, generator=gen, dtype=torch.float64) * upper
-                else:
-                    pick = torch.randint(len(inside), (points,), generator=gen)
-                    index = torch.as_tensor(inside[pick.numpy()], dtype=torch.float64)
-                if similarity == "lncc":
-                    index = (index[:, None, :] + stencil).reshape(-1, d)
-                x_ras = apply_affine_torch(fixed_grid.affine, index)
-                xn = apply_affine_torch(fixed_grid.index_to_normalized, index)
-                fixed_values = sample_image(f_level, xn.unsqueeze(0).float())[0, 0].double()
-                optimizer.zero_grad(set_to_none=True)
+            for x_ras, fixed_values in _fixed_points(f_level, fixed_grid, steps, points, inside,
+                                                     stencil, gen):
                 loss = _loss(params.matrix(), x_ras, fixed_values, m_level, ras_to_moving,
                              similarity, len(stencil), moving_mask_t)
                 loss.backward()
                 optimizer.step()
-                schedule.step()
                 history.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
                 bar.update()

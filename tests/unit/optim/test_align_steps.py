@@ -1,0 +1,60 @@
+"""The alignment's own pieces: its optimizer is torch's Adam with a cosine rate, its pyramid a
+Gaussian smoothing with the edges repeated."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nephi.geometry.sampling import gaussian_smooth
+from nephi.optim.align import _CosineAdam
+
+
+def test_the_alignment_optimizer_takes_torch_adams_steps():
+    target = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float64)
+    mine = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    theirs = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    steps = 40
+    optimizer = _CosineAdam([mine], 0.3, steps)
+    reference = torch.optim.Adam([theirs], lr=0.3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(reference, steps)
+    for _ in range(steps):
+        ((mine - target) ** 2).sum().backward()
+        optimizer.step()
+        reference.zero_grad()
+        ((theirs - target) ** 2).sum().backward()
+        reference.step()
+        schedule.step()
+        assert mine.grad is None
+    assert torch.allclose(mine, theirs, rtol=0, atol=1e-12)
+    assert (mine - target).norm() < 0.25 * target.norm()  # and it went somewhere
+
+
+def _convolved(volume: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable smoothing by 1-D convolutions over a replicate-padded volume."""
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=volume.dtype)
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    d = volume.dim() - 2
+    conv = F.conv3d if d == 3 else F.conv2d
+    out = volume
+    for axis in range(d):
+        shape = [1, 1] + [1] * d
+        shape[2 + axis] = kernel.numel()
+        pad = [0, 0] * d
+        pad[2 * (d - 1 - axis)] = pad[2 * (d - 1 - axis) + 1] = radius
+        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 20, 17, 9), (3, 1, 4, 30), (1, 1, 5, 6, 40)])
+@pytest.mark.parametrize("sigma", [0.7, 2.0, 6.0])
+def test_gaussian_smoothing_is_a_convolution_with_repeated_edges(shape, sigma):
+    volume = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    smooth = gaussian_smooth(volume, sigma)
+    assert smooth.shape == volume.shape and smooth.is_contiguous()
+    assert torch.allclose(smooth, _convolved(volume, sigma), atol=1e-6)
+    flat = torch.full(shape, 2.5)
+    assert torch.allclose(gaussian_smooth(flat, sigma), flat)  # weights sum to 1 at the edges
