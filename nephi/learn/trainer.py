@@ -465,7 +465,9 @@ class Trainer:
                 "config": self.cfg, "preprocessing": data.prep.to_dict(),
                 "grid": {"shape": list(data.shape), "spacing": data.spacing.tolist()},
                 "data": {"path": data.path, "train_pairs": len(self.train_set),
-                         "val_pairs": len(data.splits["val"])},
+                         "val_pairs": len(data.splits["val"]),
+                         # masks were there when the pairs' intensities were normalized
+                         "masks": bool(data.has["fixed_mask"] and data.has["moving_mask"])},
                 "metrics": metrics, "best": self.best, "command": self.command,
             }
             net = self.accelerator.unwrap_model(self.step_module).net

@@ -49,6 +49,7 @@ class LoadedModel:
     path: str
     step: int
     sample_in_mask: bool
+    masks: bool  # the training pairs had masks, so percentile normalization looked inside them
 
 
 def load_model(path: str) -> LoadedModel:
@@ -58,11 +59,13 @@ def load_model(path: str) -> LoadedModel:
         prep = PrepConfig.from_dict(ckpt["preprocessing"])
         cfg = ckpt["config"]
         sample_in_mask = bool(cfg["data"]["sample_in_mask"])
+        # checkpoints before the record: similarity points in the mask needed masks
+        masks = bool(ckpt["data"].get("masks", sample_in_mask))
     except (KeyError, TypeError, NephiInputError) as exc:
         raise NephiInputError(f"checkpoint {path}: incomplete or inconsistent "
                               f"({exc})") from None
     return LoadedModel(net=net, prep=prep, train_config=cfg, path=os.path.abspath(path),
-                       step=int(ckpt["step"]), sample_in_mask=sample_in_mask)
+                       step=int(ckpt["step"]), sample_in_mask=sample_in_mask, masks=masks)
 
 
 def base_config(model: LoadedModel) -> dict:
@@ -88,7 +91,8 @@ def predict(model: LoadedModel, pair: LoadedPair, cfg: dict, io_params: str = "l
     """Predict, optionally refine (``cfg['optim']['steps']`` IO steps) -> an in-memory Result.
 
     ``pair.mask`` (fixed mask) and ``moving_mask`` (bool on the moving grid) are needed when the
-    model was trained on masked images; a fixed mask also restricts similarity points in IO.
+    model was trained on masked images, or on intensities normalized by percentiles within
+    masks; a fixed mask also restricts similarity points in IO.
     """
     if io_params not in ("latent", "all"):
         raise NephiInputError(f"--io-params: {io_params!r} is not one of latent, all")
@@ -99,6 +103,14 @@ def predict(model: LoadedModel, pair: LoadedPair, cfg: dict, io_params: str = "l
         raise NephiInputError(f"checkpoint {model.path}: the network was trained on masked "
                               "images; give the fixed and the moving mask (--mask and "
                               "--moving-mask, or the CSV columns fixed_mask and moving_mask)")
+    if (model.masks and model.prep.intensity["method"] == "percentile"
+            and (pair.mask is None or moving_mask is None)):
+        low, high = model.prep.intensity["low"], model.prep.intensity["high"]
+        raise NephiInputError(f"checkpoint {model.path}: the network was trained on intensities "
+                              f"scaled by the {low:g}-{high:g} percentiles within each image's "
+                              "mask, and sees other intensities without one; give the fixed "
+                              "and the moving mask (--mask and --moving-mask, or the CSV "
+                              "columns fixed_mask and moving_mask)")
     device = select_device(cfg["device"])
     aligned, moving = None, pair.moving
     if cfg["align"]["mode"] != "none":

@@ -314,3 +314,31 @@ def test_a_checkpoint_runs_the_alignment_its_pairs_had(ddp_run):
     assert model.prep.align == "none" and base_config(model)["align"]["mode"] == "none"
     aligned = dataclasses.replace(model, prep=dataclasses.replace(model.prep, align="affine"))
     assert base_config(aligned)["align"]["mode"] == "affine"
+
+
+def test_a_network_of_masked_intensities_asks_for_masks(ddp_run, tc_data, tmp_path):
+    """Percentile normalization looks inside a pair's masks when it has them; a network trained
+    on such pairs sees other intensities without masks, so feed-forward asks for them."""
+    import dataclasses
+
+    import numpy as np
+
+    from nephi.errors import NephiInputError
+    from nephi.pipeline.feedforward import base_config, load_model, predict
+    from nephi.pipeline.inputs import LoadedPair
+
+    model = load_model(str(ddp_run[0] / "checkpoints" / "best.pt"))
+    assert not model.masks  # Triangles and Circles pairs come without masks
+    _, nifti = tc_data
+    moving, fixed = (str(nifti / "pair_0000" / f"{k}.nii.gz") for k in ("moving", "fixed"))
+    masked = dataclasses.replace(model, masks=True,
+                                 prep=dataclasses.replace(model.prep, intensity={
+                                     "method": "percentile", "low": 1.0, "high": 99.0,
+                                     "window": [-1000.0, 0.0]}))
+    cfg = base_config(masked)
+    with pytest.raises(NephiInputError, match="percentiles within each image's mask"):
+        predict(masked, LoadedPair(moving, fixed), cfg, progress=False)
+    whole = np.ones(nib.load(fixed).shape[:2], dtype=bool)
+    result = predict(masked, LoadedPair(moving, fixed, mask=whole, moving_mask=whole),
+                     cfg, moving_mask=whole, progress=False)
+    assert result.summary["mode"] == "feedforward"
