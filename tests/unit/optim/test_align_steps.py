@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from nephi.geometry.sampling import gaussian_smooth
-from nephi.optim.align import _CosineAdam
+from nephi.optim.align import _CosineAdam, _rotation
 
 
 def test_the_alignment_optimizer_takes_torch_adams_steps():
@@ -58,3 +58,23 @@ def test_gaussian_smoothing_is_a_convolution_with_repeated_edges(shape, sigma):
     assert torch.allclose(smooth, _convolved(volume, sigma), atol=1e-6)
     flat = torch.full(shape, 2.5)
     assert torch.allclose(gaussian_smooth(flat, sigma), flat)  # weights sum to 1 at the edges
+
+
+@pytest.mark.parametrize("w", [[0.0, 0.0, 0.0], [1e-5, 2e-5, -1e-5], [0.3, -0.2, 0.5],
+                               [2.0, 1.0, -1.5]])
+def test_the_rotation_is_the_exponential_of_its_vector(w):
+    """Rodrigues' formula against torch's matrix exponential, values and gradients, at 0 too."""
+    ours = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    theirs = ours.detach().clone().requires_grad_(True)
+    rotation = _rotation(ours, 3)
+    x, y, z = theirs
+    zero = torch.zeros((), dtype=torch.float64)
+    skew = torch.stack([torch.stack([zero, -z, y]), torch.stack([z, zero, -x]),
+                        torch.stack([-y, x, zero])])
+    expected = torch.matrix_exp(skew)
+    assert torch.allclose(rotation, expected, rtol=0, atol=1e-14)
+    assert torch.allclose(rotation @ rotation.T, torch.eye(3, dtype=torch.float64), atol=1e-14)
+    weights = torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    (rotation * weights).sum().backward()
+    (expected * weights).sum().backward()
+    assert torch.allclose(ours.grad, theirs.grad, rtol=0, atol=1e-12)
