@@ -177,8 +177,13 @@ def _fixed_points(fixed: torch.Tensor, fixed_grid: Grid, steps: int, points: int
             index = torch.as_tensor(inside[pick.numpy()], dtype=torch.float64)
         index = (index[:, :, None, :] + stencil).reshape(n, -1, d)
         x_ras = apply_affine_torch(fixed_grid.affine, index)
-        xn = apply_affine_torch(fixed_grid.index_to_normalized, index)
-        values = sample_image(fixed, xn.reshape(1, -1, d).float())[0, 0].double()
+        if inside is None:
+            xn = apply_affine_torch(fixed_grid.index_to_normalized, index)
+            values = sample_image(fixed, xn.reshape(1, -1, d).float())[0, 0].double()
+        else:  # voxel centres: read, no interpolation (the edge voxel beyond the border, as
+            # grid_sample's border padding)
+            voxel = torch.minimum(index.long().clamp(min=0), upper.long())
+            values = fixed[0, 0][tuple(voxel.reshape(-1, d).T)].double()
         yield from zip(x_ras, values.reshape(n, -1))
 
 
