@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="default auto")
     p.add_argument("--similarity", choices=sorted(SIMILARITIES),
                    help="one similarity for every stage, alignment and IO (default ncc; mi: "
-                        "Parzen mutual information, for multi-modal pairs)")
+                        "Parzen mutual information, for multi-modal pairs; lncc: local NCC, "
+                        "for IO, the alignment keeping ncc)")
     p.add_argument("--precision", choices=["auto", *PRECISIONS],
                    help="field networks' hidden layers in bfloat16 or float32 (default auto: "
                         "bf16 on CUDA and on CPUs with AVX-512 BF16 / AMX)")

@@ -80,7 +80,10 @@ def apply_options(cfg: dict, options: dict) -> dict:
                                   f"{name!r}")
         weights = {k: 1.0 if k == name else 0.0 for k in SIMILARITIES}
         cfg = set_dotted(cfg, "io.similarity", weights, source="--similarity")
-        cfg = set_dotted(cfg, "align.similarity", name, source="--similarity")
+        # local NCC is for the deformable stage; a global fit keeps the global NCC (windows in
+        # flat tissue led it away from the anatomy: tests/integration/test_real_scans.py)
+        cfg = set_dotted(cfg, "align.similarity", "ncc" if name == "lncc" else name,
+                         source="--similarity")
     for attr, (flag, key) in option_keys(active_mode(cfg)).items():
         if options.get(attr) is not None:
             cfg = set_dotted(cfg, key, options[attr], source=flag)
