@@ -47,8 +47,8 @@ __all__ = ["Result", "DIRECTIONS", "summary_line"]
 
 DIRECTIONS = ("fixed-to-moving", "moving-to-fixed")
 
-# Files of a result folder written at once: gzip (the .nii.gz fields) releases the GIL, so two
-# writers take about half the time of one.
+# NIfTI files of a result folder written at once: gzip (the .nii.gz fields) releases the GIL, so
+# two writers take about half the time of one.
 WRITERS = 2
 
 
@@ -99,24 +99,31 @@ class Result:
         picture. Returns ``folder``."""
         forward, inverse = self.field(), self.field(inverse=True)
         summary = dict(self.summary)
+        nifti_images = image_suffix in (".nii", ".nii.gz")
         with AtomicDir(folder) as tmp, ThreadPoolExecutor(WRITERS) as pool:
-            def write(function, name: str, *args) -> None:
-                jobs.append(pool.submit(function, os.path.join(tmp, name), *args))
+            def write(function, name: str, *args, nifti: bool = False) -> None:
+                """NIfTI files (nibabel) go to the writer threads; the rest is written here,
+                one at a time (SimpleITK's HDF5 and image writers are not thread-safe)."""
+                if nifti:
+                    jobs.append(pool.submit(function, os.path.join(tmp, name), *args))
+                else:
+                    function(os.path.join(tmp, name), *args)
 
             jobs = []
             if self._cache[WARPED] is not None:
                 write(save_image, image_file(WARPED, image_suffix), self.scalar(WARPED),
-                      forward.grid)
-            write(write_displacement_field, FORWARD, forward.disp, forward.grid)
-            write(write_displacement_field, INVERSE, inverse.disp, inverse.grid)
-            write(write_displacement_h5, FORWARD_H5, forward.disp, forward.grid)
-            write(write_displacement_h5, INVERSE_H5, inverse.disp, inverse.grid)
+                      forward.grid, nifti=nifti_images)
+            write(write_displacement_field, FORWARD, forward.disp, forward.grid, nifti=True)
+            write(write_displacement_field, INVERSE, inverse.disp, inverse.grid, nifti=True)
             if self._cache[JACOBIAN] is not None:
                 write(save_scalar, image_file(JACOBIAN, image_suffix), self.scalar(JACOBIAN),
-                      forward.grid)
+                      forward.grid, nifti=nifti_images)
                 if log_jacobian:
                     write(save_scalar, image_file(LOG_JACOBIAN, image_suffix),
-                          log_of_jacobian(self.scalar(JACOBIAN)), forward.grid)
+                          log_of_jacobian(self.scalar(JACOBIAN)), forward.grid,
+                          nifti=nifti_images)
+            write(write_displacement_h5, FORWARD_H5, forward.disp, forward.grid)
+            write(write_displacement_h5, INVERSE_H5, inverse.disp, inverse.grid)
             if self.affine is not None:
                 inverse_affine = self.affine.inverse()
                 for affine, whole, names in (
@@ -125,7 +132,7 @@ class Result:
                                                    INVERSE_COMPOSITE))):
                     part = affine.field_before(whole)
                     write(write_affine, names[0], affine)
-                    write(write_displacement_field, names[1], part.disp, part.grid)
+                    write(write_displacement_field, names[1], part.disp, part.grid, nifti=True)
                     write(write_composite, names[2], affine, part)
             if self.landmarks_moving is not None:
                 write(save_points, LANDMARKS_MOVING, self.landmarks_moving)
