@@ -192,28 +192,30 @@ def _fixed_points(fixed: torch.Tensor, fixed_grid: Grid, steps: int, points: int
 CHECK_VOXELS = 2 ** 16
 
 
-def _overlap_ncc(matrix: np.ndarray, fixed: torch.Tensor, fixed_grid: Grid,
-                 moving: torch.Tensor, ras_to_moving: torch.Tensor,
-                 fixed_mask: np.ndarray | None) -> float:
-    """NCC (signed) of the fixed image and the moving image seen through ``matrix`` over the
-    fixed image's voxels (within ``fixed_mask``), the moving image being 0 outside its grid.
-    Unlike the optimized loss (1 - NCC^2 over the points inside the moving image) it neither
-    forgets the points that leave the moving image nor rewards an anti-correlated match, so an
-    alignment that drifted away from the anatomy scores low."""
+def _overlap_ncc(matrices: dict, fixed: torch.Tensor, fixed_grid: Grid, moving: torch.Tensor,
+                 ras_to_moving: torch.Tensor, fixed_mask: np.ndarray | None) -> dict:
+    """For each of ``matrices`` (name -> (d+1, d+1)), the NCC (signed) of the fixed image and
+    the moving image seen through it over the fixed image's voxels (within ``fixed_mask``), the
+    moving image being 0 outside its grid. Unlike the optimized loss (1 - NCC^2 over the points
+    inside the moving image) it neither forgets the points that leave the moving image nor
+    rewards an anti-correlated match, so an alignment that drifted away from the anatomy scores
+    low. The fixed side is read once for all matrices."""
     shape = np.asarray(fixed_grid.shape)
     stride = max(1, int(np.ceil((shape.prod() / CHECK_VOXELS) ** (1.0 / len(shape)))))
     index = np.stack(np.meshgrid(*[np.arange(0, n, stride) for n in shape], indexing="ij"),
-                     -1).reshape(-1, len(shape)).astype(np.float64)
+                     -1).reshape(-1, len(shape))
     if fixed_mask is not None:
-        keep = np.asarray(fixed_mask)[tuple(index.astype(int).T)] > 0
+        keep = np.asarray(fixed_mask)[tuple(index.T)] > 0
         index = index[keep] if keep.sum() >= MIN_MASKED_POINTS else index
-    index_t = torch.as_tensor(index)
-    xn = apply_affine_torch(fixed_grid.index_to_normalized, index_t).unsqueeze(0).float()
-    f = sample_image(fixed, xn)[0, 0].double()
-    lin = ras_to_moving @ torch.as_tensor(matrix, dtype=torch.float64)
-    yn = apply_affine_torch(lin.numpy() @ fixed_grid.affine, index_t).unsqueeze(0).float()
-    m = sample_image(moving, yn, padding="zeros")[0, 0].double()
-    return float(ncc(m.unsqueeze(0), f.unsqueeze(0))[0])
+    f = fixed[0, 0][tuple(torch.as_tensor(index).T)].double()  # voxel centres: no interpolation
+    index_t = torch.as_tensor(index, dtype=torch.float64)
+    scores = {}
+    for name, matrix in matrices.items():
+        lin = ras_to_moving @ torch.as_tensor(matrix, dtype=torch.float64)
+        yn = apply_affine_torch(lin.numpy() @ fixed_grid.affine, index_t).unsqueeze(0).float()
+        m = sample_image(moving, yn, padding="zeros")[0, 0].double()
+        scores[name] = float(ncc(m.unsqueeze(0), f.unsqueeze(0))[0])
+    return scores
 
 
 def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: Grid,
@@ -301,8 +303,7 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
         candidates = {"aligned": matrix, "start": start_matrix}
         if start is None:
             candidates["identity"] = np.eye(d + 1)
-        scores = {name: _overlap_ncc(m, f_fine, fixed_grid, m_fine, ras_to_moving, fixed_mask)
-                  for name, m in candidates.items()}
+        scores = _overlap_ncc(candidates, f_fine, fixed_grid, m_fine, ras_to_moving, fixed_mask)
         info["check_ncc"] = scores
         best = max(scores, key=scores.get)
         if best != "aligned":

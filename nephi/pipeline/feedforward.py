@@ -99,18 +99,18 @@ def predict(model: LoadedModel, pair: LoadedPair, cfg: dict, io_params: str = "l
     if cfg["align"]["only"]:
         raise NephiInputError("--align-only: a pure linear registration needs no trained "
                               "network; leave out --checkpoint")
-    if model.prep.apply_mask and (pair.mask is None or moving_mask is None):
-        raise NephiInputError(f"checkpoint {model.path}: the network was trained on masked "
-                              "images; give the fixed and the moving mask (--mask and "
-                              "--moving-mask, or the CSV columns fixed_mask and moving_mask)")
-    if (model.masks and model.prep.intensity["method"] == "percentile"
-            and (pair.mask is None or moving_mask is None)):
-        low, high = model.prep.intensity["low"], model.prep.intensity["high"]
-        raise NephiInputError(f"checkpoint {model.path}: the network was trained on intensities "
-                              f"scaled by the {low:g}-{high:g} percentiles within each image's "
-                              "mask, and sees other intensities without one; give the fixed "
-                              "and the moving mask (--mask and --moving-mask, or the CSV "
-                              "columns fixed_mask and moving_mask)")
+    if pair.mask is None or moving_mask is None:
+        why = None
+        if model.prep.apply_mask:
+            why = "was trained on masked images"
+        elif model.masks and model.prep.intensity["method"] == "percentile":
+            low, high = model.prep.intensity["low"], model.prep.intensity["high"]
+            why = (f"was trained on intensities scaled by the {low:g}-{high:g} percentiles within "
+                   "each image's mask, and sees other intensities without one")
+        if why:
+            raise NephiInputError(f"checkpoint {model.path}: the network {why}; give the fixed "
+                                  "and the moving mask (--mask and --moving-mask, or the CSV "
+                                  "columns fixed_mask and moving_mask)")
     device = select_device(cfg["device"])
     aligned, moving = None, pair.moving
     if cfg["align"]["mode"] != "none":

@@ -47,8 +47,9 @@ __all__ = ["Result", "DIRECTIONS", "summary_line"]
 
 DIRECTIONS = ("fixed-to-moving", "moving-to-fixed")
 
-# NIfTI files of a result folder written at once: gzip (the .nii.gz fields) releases the GIL, so
-# two writers take about half the time of one.
+# NIfTI files of a result folder written at once: gzip (the .nii.gz fields) releases the GIL.
+# Measured on a head-CT feed-forward result (2 cores): 0.45-0.59 s to write the folder with two
+# writers, 0.66-0.85 s with one.
 WRITERS = 2
 
 
@@ -101,6 +102,8 @@ class Result:
         summary = dict(self.summary)
         nifti_images = image_suffix in (".nii", ".nii.gz")
         with AtomicDir(folder) as tmp, ThreadPoolExecutor(WRITERS) as pool:
+            jobs = []
+
             def write(function, name: str, *args, nifti: bool = False) -> None:
                 """NIfTI files (nibabel) go to the writer threads; the rest is written here,
                 one at a time (SimpleITK's HDF5 and image writers are not thread-safe)."""
@@ -109,7 +112,6 @@ class Result:
                 else:
                     function(os.path.join(tmp, name), *args)
 
-            jobs = []
             if self._cache[WARPED] is not None:
                 write(save_image, image_file(WARPED, image_suffix), self.scalar(WARPED),
                       forward.grid, nifti=nifti_images)

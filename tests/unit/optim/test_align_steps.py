@@ -1,5 +1,5 @@
 """The alignment's own pieces: its optimizer is torch's Adam with a cosine rate, its pyramid a
-Gaussian smoothing with the edges repeated."""
+Gaussian smoothing with the edges repeated, its rotation the matrix exponential."""
 
 import math
 
