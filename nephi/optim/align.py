@@ -154,6 +154,19 @@ class _CosineAdam:
             p.grad = None
 
 
+# The coarsest levels draw at least this many points per step (see level_point_count).
+MIN_LEVEL_POINTS = 512
+
+
+def level_point_count(points: int, level: int, levels: int) -> int:
+    """Points per step of pyramid level ``level`` (0 = coarsest) of ``levels``: ``points`` at the
+    finest, half as many at each coarser one (at least :data:`MIN_LEVEL_POINTS`, never more
+    than ``points``). A coarse level sees a smoothed image with fewer independent values, as
+    the shrunk images of ANTs' coarse levels have fewer voxels to sample; the finest level, which
+    sets the precision, keeps them all."""
+    return min(points, max(MIN_LEVEL_POINTS, points >> (levels - 1 - level)))
+
+
 # Fixed points sampled at once (the points of several steps of a level, see _fixed_points).
 POINTS_AT_ONCE = 2 ** 20
 
@@ -282,8 +295,9 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
             bar = Progress(steps, f"align {stage} {level + 1}/{len(cfg['sigmas'])}",
                            enabled=progress, lines=1)
             history = []
-            for x_ras, fixed_values in _fixed_points(f_level, fixed_grid, steps, points, inside,
-                                                     stencil, gen):
+            level_points = level_point_count(points, level, len(pyramid))
+            for x_ras, fixed_values in _fixed_points(f_level, fixed_grid, steps, level_points,
+                                                     inside, stencil, gen):
                 loss = _loss(params.matrix(), x_ras, fixed_values, m_level, ras_to_moving,
                              similarity, len(stencil), moving_mask_t)
                 loss.backward()

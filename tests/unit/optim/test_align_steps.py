@@ -1,5 +1,6 @@
 """The alignment's own pieces: its optimizer is torch's Adam with a cosine rate, its pyramid a
-Gaussian smoothing with the edges repeated, its rotation the matrix exponential."""
+Gaussian smoothing with the edges repeated, its rotation the matrix exponential, its coarse
+levels fewer points than the finest."""
 
 import math
 
@@ -8,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from nephi.geometry.sampling import gaussian_smooth
-from nephi.optim.align import _CosineAdam, _rotation
+from nephi.optim.align import MIN_LEVEL_POINTS, _CosineAdam, _rotation, level_point_count
 
 
 def test_the_alignment_optimizer_takes_torch_adams_steps():
@@ -78,3 +79,10 @@ def test_the_rotation_is_the_exponential_of_its_vector(w):
     (rotation * weights).sum().backward()
     (expected * weights).sum().backward()
     assert torch.allclose(ours.grad, theirs.grad, rtol=0, atol=1e-12)
+
+
+def test_coarser_levels_draw_fewer_points_down_to_a_floor():
+    assert [level_point_count(4096, k, 3) for k in range(3)] == [1024, 2048, 4096]
+    assert level_point_count(4096, 0, 1) == 4096
+    assert level_point_count(1024, 0, 3) == MIN_LEVEL_POINTS
+    assert level_point_count(256, 0, 3) == 256  # never more than the finest level's count
