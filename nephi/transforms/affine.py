@@ -59,10 +59,19 @@ class Affine:
     def field_before(self, whole: Field) -> Field:
         """The displacement field f on ``whole``'s grid with x + d(x) = self(x + f(x)): what
         remains of the map x -> x + d(x) (``whole``) once this affine is taken off its end."""
-        grid = whole.grid
-        index = np.indices(grid.shape).reshape(grid.ndim, -1).T
-        x = grid.index_to_ras_points(index).reshape(*grid.shape, grid.ndim)
-        return Field(self.inverse()(x + whole.disp) - x, grid)
+        grid, d = whole.grid, whole.grid.ndim
+        inverse = self.inverse().matrix
+        lin = inverse[:d, :d]
+        # f = inverse(x + D) - x = lin D + (lin - I) x + t, and x is affine in the voxel index:
+        # the second part is a sum of one ramp per axis (no grid of points is built).
+        ramp = (lin - np.eye(d)) @ grid.affine[:d]
+        out = whole.disp @ lin.T
+        out += ramp[:, d] + inverse[:d, d]
+        for k, n in enumerate(grid.shape):
+            shape = [1] * d + [d]
+            shape[k] = n
+            out += (np.arange(n)[:, None] * ramp[:, k]).reshape(shape)
+        return Field(out, grid)
 
     def in_frame(self, grid: Grid) -> "FrameAffine":
         """The same transform as a point map of ``grid``'s normalized frame (fixed frame points
