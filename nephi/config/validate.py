@@ -173,16 +173,17 @@ def validate_align(cfg: dict, option_names: dict | None = None) -> None:
     _one_of("align.mode", a["mode"], ALIGN_MODES, names.get("align.mode"))
     _one_of("align.init", a["init"], ALIGN_INITS)
     _one_of("align.similarity", a["similarity"], tuple(SIMILARITIES), names.get("align.similarity"))
-    for key in ("sigmas", "steps"):
+    for key in ("sigmas", "steps", "rigid_steps"):
         if not isinstance(a[key], list) or not a[key]:
             _fail(f"align.{key}", f"must be a non-empty list, got {a[key]!r}")
-    if len(a["sigmas"]) != len(a["steps"]):
-        _fail("align.steps", f"needs one entry per pyramid level of align.sigmas "
-                             f"({len(a['sigmas'])}), got {len(a['steps'])}")
+    for key in ("steps", "rigid_steps"):
+        if len(a["sigmas"]) != len(a[key]):
+            _fail(f"align.{key}", f"needs one entry per pyramid level of align.sigmas "
+                                  f"({len(a['sigmas'])}), got {len(a[key])}")
+        for k, steps in enumerate(a[key]):
+            _check_positive(f"align.{key}[{k}]", steps, integer=True, zero=True)
     for k, sigma in enumerate(a["sigmas"]):
         _check_positive(f"align.sigmas[{k}]", sigma, zero=True)
-    for k, steps in enumerate(a["steps"]):
-        _check_positive(f"align.steps[{k}]", steps, integer=True, zero=True)
     _check_positive("align.points", a["points"], integer=True)
     _check_positive("align.window", a["window"], integer=True)
     _check_positive("align.lr", a["lr"])
@@ -276,6 +277,13 @@ def validate_training(cfg: dict) -> None:
     _one_of("train.mixed_precision", t["mixed_precision"], MIXED_PRECISION)
     _one_of("val.metric", cfg["val"]["metric"], ("auto", *VAL_METRICS))
     _one_of("loss.jacobian", cfg["loss"]["jacobian"], NEPHI_METHODS)
+    _check_weights("loss.similarity", cfg["loss"]["similarity"], SIMILARITIES)
+    if not any(float(w) > 0 for w in cfg["loss"]["similarity"].values()):
+        _fail("loss.similarity", "at least one weight must be > 0")
+    try:
+        stencil_offsets(cfg["loss"]["lncc_window"], (3,))
+    except ValueError as exc:
+        _fail("loss.lncc_window", str(exc))
     _one_of("data.build", cfg["data"]["build"], DATA_BUILDS)
     if not cfg["model"]["encoder_channels"]:
         _fail("model.encoder_channels", "needs at least one entry")

@@ -289,7 +289,10 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
             params.g.requires_grad_(False)
         record = {"stage": stage, "steps": [], "loss": None}
         for level, (f_level, m_level) in enumerate(pyramid):
-            steps = int(cfg["steps"][level])
+            steps = int(cfg["rigid_steps" if stage != stages[-1] else "steps"][level])
+            if steps == 0:
+                record["steps"].append(0)
+                continue
             optimizer = _CosineAdam([p for p in params.parameters() if p.requires_grad],
                                     float(cfg["lr"]) * 0.5 ** level, steps)
             bar = Progress(steps, f"align {stage} {level + 1}/{len(cfg['sigmas'])}",

@@ -74,6 +74,7 @@ def test_rigid_motion_alone_is_recovered(lung):
     assert np.linalg.norm(result.affine(points) - Affine(true)(points), axis=1).max() < 0.5
     parts = result.summary["align"]
     assert abs(parts["rotation_deg"] - 15.0) < 0.5 and parts["stages"][0]["stage"] == "rigid"
+    assert parts["stages"][0]["steps"][-1] > 0  # alone, the rigid stage runs its finest level
     assert result.summary["io_steps"] == 0
 
 
@@ -97,6 +98,8 @@ def test_alignment_then_deformable_reaches_the_unmoved_error(lung, capsys):
     assert after < 1.25 * unmoved["landmark_error_after_mm"]["mean_mm"] + 0.2, (after, unmoved)
     assert none["landmark_error_after_mm"]["mean_mm"] > 3 * after  # the stage is what helps
     assert moved["folding_percent_in_mask"] == 0.0
+    rigid, affine = moved["align"]["stages"]  # the affine stage alone refines the finest level
+    assert rigid["steps"][-1] == 0 and affine["steps"][-1] > 0, moved["align"]["stages"]
     capsys.readouterr()
 
 
