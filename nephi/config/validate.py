@@ -188,6 +188,7 @@ def validate_align(cfg: dict, option_names: dict | None = None) -> None:
     _check_positive("align.window", a["window"], integer=True)
     _check_positive("align.lr", a["lr"])
     _check_positive("align.tolerance", a["tolerance"], zero=True)
+    _check_positive("align.significance", a["significance"], zero=True)
 
 
 def validate_pairwise(cfg: dict, option_names: dict | None = None, min_steps: int = 0) -> None:

@@ -154,6 +154,20 @@ class _CosineAdam:
             p.grad = None
 
 
+def stalled(losses: list, window: int, significance: float) -> bool:
+    """The mean loss of the last ``window`` steps is not below that of the ``window`` before by
+    more than ``significance`` standard errors of their difference. Each step's loss is an
+    estimate over freshly drawn points, so a level that has stopped improving still changes by
+    that noise, which a relative tolerance small enough to keep a large turn going never
+    forgives; this test asks only whether the improvement is still larger than the noise."""
+    if len(losses) < 2 * window:
+        return False
+    old = np.asarray(losses[-2 * window:-window])
+    new = np.asarray(losses[-window:])
+    noise = math.sqrt((old.var(ddof=1) + new.var(ddof=1)) / window)
+    return old.mean() - new.mean() <= significance * noise
+
+
 # The coarsest levels draw at least this many points per step (see level_point_count).
 MIN_LEVEL_POINTS = 512
 
@@ -272,6 +286,7 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
     scale = float(np.mean(fixed_grid.normalized_mm_scale()))
     ras_to_moving = torch.as_tensor(moving_grid.ras_to_normalized, dtype=torch.float64)
     points, window, tolerance = int(cfg["points"]), int(cfg["window"]), float(cfg["tolerance"])
+    significance = float(cfg["significance"])
     similarity = cfg["similarity"]
     stencil = torch.zeros(1, d, dtype=torch.float64)
     if similarity == "lncc":  # windows of lncc_window^d voxels, points / 16 of them
@@ -308,7 +323,8 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
                 history.append(float(loss.detach()))
                 bar.set_postfix(loss=f"{history[-1]:.4f}")
                 bar.update()
-                if tolerance > 0 and converged(history, window, tolerance):
+                if ((tolerance > 0 and converged(history, window, tolerance))
+                        or (significance > 0 and stalled(history, window, significance))):
                     break
             bar.close()
             record["steps"].append(len(history))

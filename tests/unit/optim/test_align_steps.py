@@ -1,6 +1,7 @@
 """The alignment's own pieces: its optimizer is torch's Adam with a cosine rate, its pyramid a
 Gaussian smoothing with the edges repeated, its rotation the matrix exponential, its coarse
-levels fewer points than the finest."""
+levels fewer points than the finest, and a level ends when its loss stops falling by more than
+its noise."""
 
 import math
 
@@ -9,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from nephi.geometry.sampling import gaussian_smooth
-from nephi.optim.align import MIN_LEVEL_POINTS, _CosineAdam, _rotation, level_point_count
+from nephi.optim.align import (MIN_LEVEL_POINTS, _CosineAdam, _rotation, level_point_count,
+                               stalled)
 
 
 def test_the_alignment_optimizer_takes_torch_adams_steps():
@@ -86,3 +88,13 @@ def test_coarser_levels_draw_fewer_points_down_to_a_floor():
     assert level_point_count(4096, 0, 1) == 4096
     assert level_point_count(1024, 0, 3) == MIN_LEVEL_POINTS
     assert level_point_count(256, 0, 3) == 256  # never more than the finest level's count
+
+
+def test_a_level_stalls_when_its_loss_falls_by_less_than_its_noise():
+    gen = torch.Generator().manual_seed(0)
+    noise = (0.002 * torch.randn(40, generator=gen)).tolist()
+    flat = [0.05 + e for e in noise]
+    falling = [0.05 - 0.0005 * k + e for k, e in enumerate(noise)]  # 0.01 a window, 5x the noise
+    assert stalled(flat, 20, 2.0)
+    assert not stalled(falling, 20, 2.0)
+    assert not stalled(flat[:39], 20, 2.0)  # not before two whole windows
