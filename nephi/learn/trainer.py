@@ -60,7 +60,7 @@ from nephi.learn.validation import log_validation, selection_metric, validation_
 from nephi.models.checkpoint import code_version, load_checkpoint
 from nephi.models.encoder import EncoderConfig, RegistrationNet
 from nephi.models.fields import FieldConfig
-from nephi.objectives.nephi_loss import nephi_terms
+from nephi.objectives.nephi_loss import nephi_terms, training_similarity
 from nephi.objectives.terms import total
 from nephi.progress import Progress
 
@@ -160,6 +160,8 @@ class TrainStep(torch.nn.Module):
         self.grid = grid
         self.loss_cfg = dict(cfg["loss"])
         self.sigma = float(cfg["latent"]["sigma"])
+        self.similarity, offsets = training_similarity(self.loss_cfg, grid.shape)
+        self.register_buffer("offsets", offsets, persistent=False)
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor, fixed_mask, points: int,
                 reg_points: int, generator: torch.Generator, landmarks: tuple | None = None):
@@ -170,7 +172,7 @@ class TrainStep(torch.nn.Module):
         with torch.autocast(device_type=moving.device.type, enabled=False):
             pair = PairTensors(fixed.float(), moving.float(), self.grid, self.grid, fixed_mask)
             terms = nephi_terms(self.net.fields, latent, pair, self.loss_cfg, points, reg_points,
-                                self.sigma, generator)
+                                self.sigma, generator, self.similarity, self.offsets)
             loss = total(terms)
             values = {name: t.value.detach() for name, t in terms.items()}
             if landmarks is not None:

@@ -14,7 +14,7 @@ from nephi.geometry.grid import Grid, apply_affine_torch
 from nephi.geometry.pair import PairTensors
 from nephi.geometry.sampling import sample_image
 from nephi.models.encoder import RegistrationNet
-from nephi.objectives.nephi_loss import nephi_terms
+from nephi.objectives.nephi_loss import nephi_terms, training_similarity
 from nephi.objectives.terms import total
 from nephi.results.metrics import folding_percent, landmark_errors, mean_dice
 from nephi.transforms.dense import evaluate_chunked
@@ -63,8 +63,10 @@ def evaluate_pair(net: RegistrationNet, arrays: dict, grid: Grid, cfg: dict, dev
     sample_mask = (torch.as_tensor(mask > 0, device=device).unsqueeze(0)
                    if mask is not None and cfg["data"]["sample_in_mask"] else None)
     pair = PairTensors(fixed, moving, grid, grid, sample_mask)
+    similarity, offsets = training_similarity(cfg["loss"], grid.shape, device)
     terms = nephi_terms(net.fields, latent, pair, cfg["loss"], int(cfg["val"]["points"]),
-                        int(cfg["train"]["reg_points"]), float(cfg["latent"]["sigma"]), generator)
+                        int(cfg["train"]["reg_points"]), float(cfg["latent"]["sigma"]), generator,
+                        similarity, offsets)
     out = {f"val/{k}": float(t.value) for k, t in terms.items()}
     out["val/loss"] = float(total(terms))
 

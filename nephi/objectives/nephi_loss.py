@@ -13,10 +13,20 @@ import torch
 from nephi.geometry.pair import PairTensors
 from nephi.models.fields import Latent, NephiFields
 from nephi.objectives.regularizers import gradicon
-from nephi.objectives.similarity import similarity_terms
+from nephi.objectives.similarity import similarity_terms, stencil_offsets
 from nephi.objectives.terms import Term
 from nephi.transforms.base import Composition
 from nephi.transforms.jacobian import jacobian
+
+
+def training_similarity(loss_cfg: dict, grid_shape, device=None) -> tuple:
+    """The similarity of a training config's ``loss`` section for :func:`nephi_terms`:
+    (weights {name: w}, local-NCC stencil offsets (k^d, d) on ``grid_shape``, or None without
+    an lncc term)."""
+    weights = {k: float(w) for k, w in loss_cfg["similarity"].items()}
+    offsets = (stencil_offsets(loss_cfg["lncc_window"], grid_shape, device=device)
+               if weights.get("lncc", 0.0) > 0 else None)
+    return weights, offsets
 
 
 def latent_prior(latent: Latent, sigma: float) -> torch.Tensor:
