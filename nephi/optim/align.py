@@ -287,6 +287,9 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
     ras_to_moving = torch.as_tensor(moving_grid.ras_to_normalized, dtype=torch.float64)
     points, window, tolerance = int(cfg["points"]), int(cfg["window"]), float(cfg["tolerance"])
     significance = float(cfg["significance"])
+    rigid_steps = cfg["rigid_steps"]
+    if rigid_steps is None:  # in front of the affine stage, which refines the finest level
+        rigid_steps = [*cfg["steps"][:-1], 0]
     similarity = cfg["similarity"]
     stencil = torch.zeros(1, d, dtype=torch.float64)
     if similarity == "lncc":  # windows of lncc_window^d voxels, points / 16 of them
@@ -304,7 +307,7 @@ def align(fixed: np.ndarray, fixed_grid: Grid, moving: np.ndarray, moving_grid: 
             params.g.requires_grad_(False)
         record = {"stage": stage, "steps": [], "loss": None}
         for level, (f_level, m_level) in enumerate(pyramid):
-            steps = int(cfg["rigid_steps" if stage != stages[-1] else "steps"][level])
+            steps = int((rigid_steps if stage != stages[-1] else cfg["steps"])[level])
             if steps == 0:
                 record["steps"].append(0)
                 continue

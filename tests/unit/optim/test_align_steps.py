@@ -98,3 +98,12 @@ def test_a_level_stalls_when_its_loss_falls_by_less_than_its_noise():
     assert stalled(flat, 20, 2.0)
     assert not stalled(falling, 20, 2.0)
     assert not stalled(flat[:39], 20, 2.0)  # not before two whole windows
+
+
+def test_a_shorter_pyramid_needs_no_rigid_schedule_of_its_own():
+    from nephi.config.loader import load_defaults
+    from nephi.config.validate import validate_pairwise
+
+    cfg = load_defaults("pairwise")
+    cfg["align"].update(sigmas=[2.0, 1.0], steps=[40, 20])  # rigid_steps null: [40, 0]
+    validate_pairwise(cfg)

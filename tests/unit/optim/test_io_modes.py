@@ -385,6 +385,8 @@ def test_any_mode_takes_any_regularizer_and_similarity(shifted):
     ({"io": {"mode": "velocity"}, "velocity": {"adjoint": True}}, "velocity.jacobian"),
     ({"io": {"similarity": {"ncc": 0.0}}}, "io.similarity"),
     ({"io": {"lncc_window": 4}}, "io.lncc_window"),
+    ({"align": {"rigid_steps": [100, 75]}}, "align.rigid_steps"),
+    ({"align": {"significance": -1.0}}, "align.significance"),
 ])
 def test_bad_io_config_names_the_key(override, key):
     def update(node, new):
