@@ -3,9 +3,12 @@
 The result is an :class:`~nephi.transforms.affine.Affine` y = A x + t from fixed to moving
 physical points (RAS mm). Each stage optimizes its parameters with Adam on a Gaussian pyramid
 (both images smoothed by ``align.sigmas`` fixed-image voxels, coarse to fine), on points drawn
-in the fixed image (inside the fixed mask when there is one), by the similarity 1 - NCC^2 over
-the points that fall inside the moving image; a level ends after ``align.steps`` steps or when the
-loss has changed by less than ``align.tolerance`` (relative) over the last ``align.window`` steps.
+in the fixed image (inside the fixed mask when there is one; half as many at each coarser level),
+by the similarity 1 - NCC^2 over the points that fall inside the moving image; a level ends after
+``align.steps`` steps (``align.rigid_steps`` for a rigid stage in front of an affine one: by
+default none at the finest level), when the loss has changed by less than ``align.tolerance``
+(relative), or when it fell by no more than ``align.significance`` standard errors, over the last
+``align.window`` steps.
 
 Parameters, in physical units about the fixed image's centre c: rigid y = R(w) (x - c) + c + t
 (w a rotation vector in radians, R its matrix exponential; 2-D: one angle), affine
@@ -157,9 +160,9 @@ class _CosineAdam:
 def stalled(losses: list, window: int, significance: float) -> bool:
     """The mean loss of the last ``window`` steps is not below that of the ``window`` before by
     more than ``significance`` standard errors of their difference. Each step's loss is an
-    estimate over freshly drawn points, so a level that has stopped improving still changes by
-    that noise, which a relative tolerance small enough to keep a large turn going never
-    forgives; this test asks only whether the improvement is still larger than the noise."""
+    estimate over freshly drawn points, so a level that has stopped improving still moves by
+    that noise, and a relative tolerance small enough not to cut a large turn short never
+    fires; this test asks only whether the improvement still exceeds the noise."""
     if len(losses) < 2 * window:
         return False
     old = np.asarray(losses[-2 * window:-window])
