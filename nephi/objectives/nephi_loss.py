@@ -2,7 +2,8 @@
 
 L = Sim(I_A o phi_AB, I_B) + Sim(I_A, I_B o phi_BA) + lambda_1 GradICON + lambda_2 prior,
 with Sim = 1 - NCC^2 on random points (eq. 10) by default (any weighted sum of the similarity
-terms of :func:`nephi.objectives.similarity.similarity_terms` in instance optimization) and GradICON on
+terms of :func:`nephi.objectives.similarity.similarity_terms`: ``io.similarity`` in instance
+optimization, ``loss.similarity`` in training) and GradICON on
 phi_AB(phi_BA(x)) (eq. 5).
 """
 
