@@ -173,12 +173,11 @@ def validate_align(cfg: dict, option_names: dict | None = None) -> None:
     _one_of("align.mode", a["mode"], ALIGN_MODES, names.get("align.mode"))
     _one_of("align.init", a["init"], ALIGN_INITS)
     _one_of("align.similarity", a["similarity"], tuple(SIMILARITIES), names.get("align.similarity"))
-    for key in ("sigmas", "steps", "rigid_steps"):
-        if key == "rigid_steps" and a[key] is None:
-            continue
+    schedules = ["steps"] + ([] if a["rigid_steps"] is None else ["rigid_steps"])
+    for key in ["sigmas", *schedules]:
         if not isinstance(a[key], list) or not a[key]:
             _fail(f"align.{key}", f"must be a non-empty list, got {a[key]!r}")
-    for key in ("steps", *(() if a["rigid_steps"] is None else ("rigid_steps",))):
+    for key in schedules:
         if len(a["sigmas"]) != len(a[key]):
             _fail(f"align.{key}", f"needs one entry per pyramid level of align.sigmas "
                                   f"({len(a['sigmas'])}), got {len(a[key])}")

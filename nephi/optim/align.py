@@ -35,7 +35,7 @@ from nephi.geometry.sampling import gaussian_smooth, sample_image
 from nephi.errors import NephiInputError
 from nephi.objectives.similarity import (MIN_MASKED_POINTS, SIMILARITIES, SIMILARITY_FUNCTIONS,
                                          lncc_similarity, ncc)
-from nephi.optim.engine import converged
+from nephi.optim.engine import converged, stalled
 from nephi.progress import Progress
 from nephi.transforms.affine import Affine
 
@@ -155,20 +155,6 @@ class _CosineAdam:
             denom = (v.sqrt() / math.sqrt(correction2)).add_(self.eps)
             p.addcdiv_(m, denom, value=-rate / correction1)
             p.grad = None
-
-
-def stalled(losses: list, window: int, significance: float) -> bool:
-    """The mean loss of the last ``window`` steps is not below that of the ``window`` before by
-    more than ``significance`` standard errors of their difference. Each step's loss is an
-    estimate over freshly drawn points, so a level that has stopped improving still moves by
-    that noise, and a relative tolerance small enough not to cut a large turn short never
-    fires; this test asks only whether the improvement still exceeds the noise."""
-    if len(losses) < 2 * window:
-        return False
-    old = np.asarray(losses[-2 * window:-window])
-    new = np.asarray(losses[-window:])
-    noise = math.sqrt((old.var(ddof=1) + new.var(ddof=1)) / window)
-    return old.mean() - new.mean() <= significance * noise
 
 
 # The coarsest levels draw at least this many points per step (see level_point_count).

@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from nephi.geometry.pair import PairTensors
@@ -59,6 +60,21 @@ def converged(losses: list, window: int, tolerance: float) -> bool:
     old = sum(losses[-2 * window:-window]) / window
     new = sum(losses[-window:]) / window
     return abs(old - new) <= tolerance * max(abs(old), 1e-12)
+
+
+def stalled(losses: list, window: int, significance: float) -> bool:
+    """The mean loss of the last ``window`` steps is not below that of the ``window`` before by
+    more than ``significance`` standard errors of their difference (``align.significance``,
+    ``align.window``). Each step's loss is an estimate over freshly drawn points, so an
+    optimization that has stopped improving still moves by
+    that noise, and a relative tolerance small enough not to cut a large turn short never
+    fires; this test asks only whether the improvement still exceeds the noise."""
+    if len(losses) < 2 * window:
+        return False
+    old = np.asarray(losses[-2 * window:-window])
+    new = np.asarray(losses[-window:])
+    noise = math.sqrt((old.var(ddof=1) + new.var(ddof=1)) / window)
+    return old.mean() - new.mean() <= significance * noise
 
 
 def learning_rate_schedule(optimizer: torch.optim.Optimizer, kind: str, steps: int):

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from nephi.geometry.sampling import gaussian_smooth
-from nephi.optim.align import (MIN_LEVEL_POINTS, _CosineAdam, _rotation, level_point_count,
-                               stalled)
+from nephi.optim.align import MIN_LEVEL_POINTS, _CosineAdam, _rotation, level_point_count
+from nephi.optim.engine import stalled
 
 
 def test_the_alignment_optimizer_takes_torch_adams_steps():
