@@ -86,7 +86,9 @@ def _coerce(default, value, key: str, source: str):
     if isinstance(default, str):
         if isinstance(value, str):
             return value
-        raise NephiInputError(f"{source}: key {key!r} must be a string, got {value!r}")
+        hint = (" (YAML reads an unquoted no / yes / off / on as true or false: quote the word)"
+                if isinstance(value, bool) else "")
+        raise NephiInputError(f"{source}: key {key!r} must be a string, got {value!r}{hint}")
     if isinstance(default, list):
         if isinstance(value, list):
             return value

@@ -10,7 +10,13 @@ network grid and predicts the hybrid latent code of :class:`nephi.models.fields.
   ``local_target``^d (16^d in the paper). "Closest" means the smallest sum over axes of
   ``|log(G_k / local_target)|``; ties go to the finer map. The branch point is chosen from the
   input shape the encoder is built for (:attr:`EncoderConfig.input_shape`), so z_l's grid G is
-  about 16 per axis, not exactly (e.g. 22^3 for the paper's 175^3 lung volumes).
+  about 16 per axis, not exactly (e.g. 22^3 for the paper's 175^3 lung volumes);
+* optionally (``top_down``, not in the paper) a top-down path into the z_l branch, as in a
+  feature pyramid: the deeper maps, each projected to the branch's width by a 1x1(x1)
+  convolution, are upsampled (linear interpolation) level by level, summed onto the branch's
+  map and smoothed by a 3x3(x3) convolution before z_l's head. Without it z_l sees only the
+  levels down to the branch (a receptive field of a few voxels of the network grid) and the deep
+  levels feed z_g alone.
 
 The z_l grid covers the network frame [-1, 1]^d with the align_corners convention (cell i at
 -1 + 2 i / (G - 1)), like the latent grid of pairwise NePhi; :class:`nephi.models.fields.FieldMap`
@@ -63,7 +69,8 @@ class EncoderConfig:
     ``channels``: width of the stem (first entry) and of each stride-2 block;
     ``latent_channels``: C of z_g and z_l (32 in the paper);
     ``local_target``: z_l grid size aimed at per axis (16 in the paper);
-    ``groups``: GroupNorm groups (0 = no normalization).
+    ``groups``: GroupNorm groups (0 = no normalization);
+    ``top_down``: the deeper levels also feed z_l (see the module docstring).
     """
 
     input_shape: list = field(default_factory=lambda: [64, 64, 64])
@@ -71,6 +78,7 @@ class EncoderConfig:
     latent_channels: int = 32
     local_target: int = 16
     groups: int = 8
+    top_down: bool = False
 
     @property
     def ndim(self) -> int:
@@ -131,19 +139,38 @@ class Encoder(nn.Module):
         self.blocks = nn.ModuleList(
             _Block(d, ch[i], ch[i + 1], 2, cfg.groups) for i in range(cfg.levels))
         self.branch_at = cfg.branch
-        self.local_head = _conv(d, ch[self.branch_at], cfg.latent_channels)
+        width = ch[self.branch_at]
+        deeper = range(self.branch_at + 1, cfg.levels + 1) if cfg.top_down else range(0)
+        conv1 = nn.Conv3d if d == 3 else nn.Conv2d
+        self.laterals = nn.ModuleList(conv1(ch[level], width, kernel_size=1) for level in deeper)
+        self.merge = (nn.Sequential(_conv(d, width, width), _norm(cfg.groups, width),
+                                    nn.LeakyReLU(0.2)) if len(self.laterals) else None)
+        self.local_head = _conv(d, width, cfg.latent_channels)
         self.global_head = nn.Linear(ch[-1], cfg.latent_channels)
+
+    def _top_down(self, maps: list) -> torch.Tensor:
+        """The branch's feature map with the deeper ``maps`` (one per lateral, finest first)
+        projected, upsampled level by level and summed onto it, then smoothed."""
+        mode = "trilinear" if self.cfg.ndim == 3 else "bilinear"
+        top = None
+        for lateral, h in zip(reversed(self.laterals), reversed(maps[1:])):
+            top = lateral(h) if top is None else lateral(h) + nn.functional.interpolate(
+                top, size=h.shape[2:], mode=mode, align_corners=False)
+        branch = maps[0]
+        return self.merge(branch + nn.functional.interpolate(
+            top, size=branch.shape[2:], mode=mode, align_corners=False))
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> Latent:
         """Moving and fixed intensities (B, 1, *S) on the network grid -> latent codes."""
         h = self.stem(torch.cat([moving, fixed], dim=1))
-        local = self.local_head(h) if self.branch_at == 0 else None
+        maps = [h] if self.branch_at == 0 else []
         for level, block in enumerate(self.blocks, start=1):
             h = block(h)
-            if level == self.branch_at:
-                local = self.local_head(h)
+            if level >= self.branch_at:
+                maps.append(h)
         glob = self.global_head(h.flatten(2).mean(dim=2))
-        return Latent(glob, local)
+        local = self._top_down(maps) if self.merge is not None else maps[0]
+        return Latent(glob, self.local_head(local))
 
 
 class RegistrationNet(nn.Module):

@@ -321,6 +321,11 @@ def test_set_of_wrong_type(case, capsys):
     assert_rejected(rc, err, case.out, ["optim.points"])
 
 
+def test_set_of_a_word_yaml_reads_as_a_boolean(case, capsys):
+    rc, err = run_inprocess(case.argv(extra=["--set", "io.lr_schedule=off"]), capsys)
+    assert_rejected(rc, err, case.out, ["io.lr_schedule", "must be a string", "quote the word"])
+
+
 def test_bad_yaml_config(case, capsys):
     cfg = case.root / "broken.yaml"
     cfg.write_text("optim:\n  steps: [1, 2\n  lr: : :\n")

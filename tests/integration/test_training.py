@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nibabel as nib
 import pytest
+import torch
 
 from nephi.cli.prep import main as prep_main
 from nephi.learn.trainer import param_hash
@@ -201,6 +202,13 @@ def test_option_errors_are_one_line(ddp_run, tc_data, tmp_path, capsys):
     assert not os.path.exists(out)
     assert train_main(["--config", SMOKE, "train.bogus=1"]) == 2
     assert "unknown key 'train.bogus'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        run_dir = tmp_path / "bf16_run"
+        assert train_main(["--config", SMOKE, "--output-dir", str(run_dir),
+                           "train.mixed_precision=bf16"]) == 2
+        err = capsys.readouterr().err
+        assert "config key train.mixed_precision: bf16 is for CUDA" in err
+        assert err.count("\n") == 1 and not run_dir.exists()
 
 
 def test_alignment_in_front_of_the_network(ddp_run, tc_data, tmp_path):

@@ -41,3 +41,42 @@ def test_encoder_output_shapes(shape):
     assert net.fields.phi_ab(pts, net.encode(x, x)).shape == (3, 10, len(shape))
     assert torch.allclose(net.fields.phi_ab(pts, latent), pts)  # identity at initialization
 
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 32), (48, 40)])
+def test_top_down_path_brings_far_context_into_z_l(shape):
+    """Without the top-down path z_l sees only a few voxels around its cell (the levels down to
+    the branch), so changing the input in one corner leaves z_l in the opposite corner as it
+    was; with it the deep levels reach z_l there. (No GroupNorm: its statistics would couple
+    the whole map either way.)"""
+    x = torch.rand(1, 1, *shape)
+    y = x.clone()
+    y[(0, 0, *[slice(0, 8)] * len(shape))] += 10.0
+    far = (0, slice(None), *[-1] * len(shape))
+    for top_down in (False, True):
+        torch.manual_seed(0)
+        cfg = EncoderConfig(input_shape=list(shape), channels=[4, 4, 8, 8, 8], latent_channels=3,
+                            groups=0, top_down=top_down)
+        enc = Encoder(cfg).eval()
+        with torch.no_grad():
+            a, b = enc(x, x), enc(y, x)
+        assert a.local.shape == (1, 3, *cfg.local_grid)
+        change = (a.local[far] - b.local[far]).abs().max().item()
+        assert (change > 0.0) if top_down else (change == 0.0)  # no path: exactly unchanged
+
+
+def test_top_down_checkpoints_round_trip_and_old_configs_load(tmp_path):
+    """The option is stored with the network; a model config written before it existed (no
+    ``top_down`` key) builds the encoder without the path."""
+    cfg = EncoderConfig(input_shape=[24, 24, 24], channels=[4, 4, 8, 8], latent_channels=4,
+                        groups=2, top_down=True)
+    net = RegistrationNet(cfg, FieldConfig(ndim=3, latent_channels=4, hidden=8,
+                                           fourier_features=4, latent_grid=cfg.local_grid[0]))
+    net.save(str(tmp_path / "net.pt"))
+    loaded, _ = RegistrationNet.load(str(tmp_path / "net.pt"))
+    x = torch.rand(2, 1, 24, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x, x).local, net.eval().encode(x, x).local)
+    old = net.model_config()
+    del old["encoder"]["top_down"]
+    assert not RegistrationNet.from_model_config(old).encoder.cfg.top_down
