@@ -84,7 +84,8 @@ def build_net(cfg: dict, shape: tuple) -> RegistrationNet:
     m = cfg["model"]
     enc = EncoderConfig(input_shape=list(shape), channels=list(m["encoder_channels"]),
                         latent_channels=m["latent_channels"], local_target=m["local_target"],
-                        groups=m["norm_groups"], top_down=m["top_down"])
+                        groups=m["norm_groups"], top_down=m["top_down"],
+                        flow_features=m["flow_features"])
     fields = FieldConfig(ndim=len(shape), latent_channels=m["latent_channels"],
                          latent_grid=enc.local_grid[0], hidden=m["hidden"], layers=m["layers"],
                          fourier_features=m["fourier_features"],

@@ -16,7 +16,13 @@ network grid and predicts the hybrid latent code of :class:`nephi.models.fields.
   convolution, are upsampled (linear interpolation) level by level, summed onto the branch's
   map and smoothed by a 3x3(x3) convolution before z_l's head. Without it z_l sees only the
   levels down to the branch (a receptive field of a few voxels of the network grid) and the deep
-  levels feed z_g alone.
+  levels feed z_g alone;
+* optionally (``flow_features``, not in the paper) d more input channels: the demons force of
+  the pair, (I_A - I_B) g / (|g|^2 + (I_A - I_B)^2) with g the gradient of (I_A + I_B) / 2 in
+  intensity per voxel (Thirion's demons, symmetric form; at most half a voxel per axis): a
+  linearized estimate of the displacement at every voxel. Sub-voxel residuals, which is what
+  is left after a global alignment, are hard to read off intensities for a strided CNN; the
+  force gives it the estimate to aggregate. It assumes one contrast for both images.
 
 The z_l grid covers the network frame [-1, 1]^d with the align_corners convention (cell i at
 -1 + 2 i / (G - 1)), like the latent grid of pairwise NePhi; :class:`nephi.models.fields.FieldMap`
@@ -70,7 +76,8 @@ class EncoderConfig:
     ``latent_channels``: C of z_g and z_l (32 in the paper);
     ``local_target``: z_l grid size aimed at per axis (16 in the paper);
     ``groups``: GroupNorm groups (0 = no normalization);
-    ``top_down``: the deeper levels also feed z_l (see the module docstring).
+    ``top_down``: the deeper levels also feed z_l;
+    ``flow_features``: the demons force is an input too (both: see the module docstring).
     """
 
     input_shape: list = field(default_factory=lambda: [64, 64, 64])
@@ -79,6 +86,7 @@ class EncoderConfig:
     local_target: int = 16
     groups: int = 8
     top_down: bool = False
+    flow_features: bool = False
 
     @property
     def ndim(self) -> int:
@@ -100,6 +108,16 @@ class EncoderConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def demons_force(moving: torch.Tensor, fixed: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """(B, 1, *S) moving and fixed -> (B, d, *S): (moving - fixed) g / (|g|^2 + (moving -
+    fixed)^2 + eps), g the gradient of their mean in intensity per voxel (central differences,
+    one-sided at the border). Each component lies in [-1/2, 1/2]; 0 where both are flat."""
+    d = moving.dim() - 2
+    diff = moving - fixed
+    grad = torch.cat(torch.gradient(0.5 * (moving + fixed), dim=tuple(range(2, 2 + d))), dim=1)
+    return diff * grad / (grad.square().sum(dim=1, keepdim=True) + diff.square() + eps)
 
 
 def _conv(ndim: int, cin: int, cout: int, stride: int = 1) -> nn.Module:
@@ -135,7 +153,9 @@ class Encoder(nn.Module):
             raise ValueError(f"the encoder is 2-D or 3-D, got input shape {cfg.input_shape}")
         self.cfg = cfg
         d, ch = cfg.ndim, cfg.channels
-        self.stem = nn.Sequential(_conv(d, 2, ch[0]), _norm(cfg.groups, ch[0]), nn.LeakyReLU(0.2))
+        inputs = 2 + (d if cfg.flow_features else 0)
+        self.stem = nn.Sequential(_conv(d, inputs, ch[0]), _norm(cfg.groups, ch[0]),
+                                  nn.LeakyReLU(0.2))
         self.blocks = nn.ModuleList(
             _Block(d, ch[i], ch[i + 1], 2, cfg.groups) for i in range(cfg.levels))
         self.branch_at = cfg.branch
@@ -162,7 +182,10 @@ class Encoder(nn.Module):
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> Latent:
         """Moving and fixed intensities (B, 1, *S) on the network grid -> latent codes."""
-        h = self.stem(torch.cat([moving, fixed], dim=1))
+        pair = [moving, fixed]
+        if self.cfg.flow_features:
+            pair.append(demons_force(moving, fixed))
+        h = self.stem(torch.cat(pair, dim=1))
         maps = [h] if self.branch_at == 0 else []
         for level, block in enumerate(self.blocks, start=1):
             h = block(h)
@@ -247,4 +270,5 @@ class RegistrationNet(nn.Module):
         return net.eval(), ckpt
 
 
-__all__ = ["EncoderConfig", "Encoder", "RegistrationNet", "branch_level", "downsampled_shape"]
+__all__ = ["EncoderConfig", "Encoder", "RegistrationNet", "branch_level", "demons_force",
+           "downsampled_shape"]
