@@ -120,9 +120,9 @@ def demons_force(moving: torch.Tensor, fixed: torch.Tensor, eps: float = 1e-12) 
     return diff * grad / (grad.square().sum(dim=1, keepdim=True) + diff.square() + eps)
 
 
-def _conv(ndim: int, cin: int, cout: int, stride: int = 1) -> nn.Module:
+def _conv(ndim: int, cin: int, cout: int, stride: int = 1, kernel: int = 3) -> nn.Module:
     conv = nn.Conv3d if ndim == 3 else nn.Conv2d
-    return conv(cin, cout, kernel_size=3, stride=stride, padding=1)
+    return conv(cin, cout, kernel_size=kernel, stride=stride, padding=kernel // 2)
 
 
 def _norm(groups: int, channels: int) -> nn.Module:
@@ -161,8 +161,7 @@ class Encoder(nn.Module):
         self.branch_at = cfg.branch
         width = ch[self.branch_at]
         deeper = range(self.branch_at + 1, cfg.levels + 1) if cfg.top_down else range(0)
-        conv1 = nn.Conv3d if d == 3 else nn.Conv2d
-        self.laterals = nn.ModuleList(conv1(ch[level], width, kernel_size=1) for level in deeper)
+        self.laterals = nn.ModuleList(_conv(d, ch[level], width, kernel=1) for level in deeper)
         self.merge = (nn.Sequential(_conv(d, width, width), _norm(cfg.groups, width),
                                     nn.LeakyReLU(0.2)) if len(self.laterals) else None)
         self.local_head = _conv(d, width, cfg.latent_channels)

@@ -66,9 +66,9 @@ def stalled(losses: list, window: int, significance: float) -> bool:
     """The mean loss of the last ``window`` steps is not below that of the ``window`` before by
     more than ``significance`` standard errors of their difference (``align.significance``,
     ``align.window``). Each step's loss is an estimate over freshly drawn points, so an
-    optimization that has stopped improving still moves by
-    that noise, and a relative tolerance small enough not to cut a large turn short never
-    fires; this test asks only whether the improvement still exceeds the noise."""
+    optimization that has stopped improving still moves by that noise, and a relative tolerance
+    small enough not to cut a large turn short never fires; this test asks only whether the
+    improvement still exceeds the noise."""
     if len(losses) < 2 * window:
         return False
     old = np.asarray(losses[-2 * window:-window])

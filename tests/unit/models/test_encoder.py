@@ -44,7 +44,6 @@ def test_encoder_output_shapes(shape, flow_features):
     assert torch.allclose(net.fields.phi_ab(pts, latent), pts)  # identity at initialization
 
 
-
 @pytest.mark.parametrize("shape", [(32, 32, 32), (48, 40)])
 def test_top_down_path_brings_far_context_into_z_l(shape):
     """Without the top-down path z_l sees only a few voxels around its cell (the levels down to
